@@ -1,0 +1,389 @@
+"""rnnfast.ops: the functional kernel API, one layer and one direction (the backend for other projects).
+
+    rnn_forward (x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None,
+                 reverse=False, training=False)                  -> (y, h_n, saved)
+    lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, w_peep=None, lengths=None,
+                 reverse=False, training=False)                  -> (y, h_n, c_n, saved)
+    gru_forward (x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
+                 reverse=False, training=False)                  -> (y, h_n, saved)
+    rnn_backward (dy, dh_n, saved)        -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+    lstm_backward(dy, dh_n, dc_n, saved)  -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr[, dw_peep])
+    gru_backward (dy, dh_n, saved)        -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+
+Time-major: x (T, B, I), y (T, B, H) (or (T, B, P) with projection), h0/h_n (B, H) (or (B, P)), c0/c_n (B, H).
+Semantics are PyTorch's (see rnnfast.reference, the numpy oracle these functions are tested against).
+Every argument is validated here, before any compiled code runs; inputs are never modified. T = 0 or
+B = 0 is allowed: outputs are empty, final states equal the initial ones, gradients are zeros.
+
+Extension beyond the contract: `w_peep` (3, H) gives a peephole LSTM (i, f see c_{t-1}, o sees c_t, as
+ONNX defines it); lstm_backward then returns dw_peep as a 9th element.
+"""
+
+import numpy as np
+
+from . import _kernels
+from ._config import get_num_threads
+
+__all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation: every message names the argument, the expected and the actual shape or dtype
+
+
+def _as_float_array(name, a, dtype=None):
+    """numpy array of a float dtype (float32/float64); array-likes are converted, nothing is copied
+    unless needed."""
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a)
+        except Exception as e:  # ragged lists, objects numpy cannot take
+            raise TypeError(f"{name}: expected a float32 or float64 array, got {type(a).__name__} ({e})") from None
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {a.dtype}")
+    return a
+
+
+def _check_shape(name, a, shape):
+    if a is not None and a.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {a.shape}")
+
+
+def _c(a):
+    return None if a is None else np.ascontiguousarray(a)
+
+
+def _check_flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _check_lengths(lengths, T, B):
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"lengths: expected an integer array of shape ({B},), got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths: expected shape ({B},) (one length per batch row), got {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise TypeError("lengths: expected integers, got non-integral values")
+    if B and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"lengths: expected values in [0, {T}] (T = {T}), got min {arr.min()} max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _validate(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None, w_peep=None):
+    """Check every array of a forward call; return (arrays..., sizes) all C-contiguous."""
+    G = _GATES[cell]
+    x = _as_float_array("x", x)
+    if x is None:
+        raise TypeError("x: expected a float32 or float64 array of shape (T, B, I), got None")
+    if x.ndim != 3:
+        raise ValueError(f"x: expected 3 dimensions (T, B, I), got shape {x.shape}")
+    dtype = x.dtype
+    T, B, I = x.shape
+    w_ih = _as_float_array("w_ih", w_ih, dtype)
+    w_hh = _as_float_array("w_hh", w_hh, dtype)
+    if w_ih is None or w_hh is None:
+        raise TypeError(f"{'w_ih' if w_ih is None else 'w_hh'}: expected an array, got None")
+    w_hr = _as_float_array("w_hr", w_hr, dtype)
+    if w_hh.ndim != 2:
+        raise ValueError(f"w_hh: expected 2 dimensions (G*H, H), got shape {w_hh.shape}")
+    if w_hr is not None:
+        if w_hr.ndim != 2:
+            raise ValueError(f"w_hr: expected 2 dimensions (P, H), got shape {w_hr.shape}")
+        P, H = w_hr.shape
+        if not 0 < P < H:
+            raise ValueError(f"w_hr: expected shape (P, H) with 0 < P < H, got {w_hr.shape}")
+        K = P
+    else:
+        H = w_hh.shape[1]
+        K = H
+    if H < 1:
+        raise ValueError(f"w_hh: expected a hidden size >= 1, got shape {w_hh.shape}")
+    _check_shape("w_hh", w_hh, (G * H, K))
+    _check_shape("w_ih", w_ih, (G * H, I))
+    b_ih = _as_float_array("b_ih", b_ih, dtype)
+    b_hh = _as_float_array("b_hh", b_hh, dtype)
+    _check_shape("b_ih", b_ih, (G * H,))
+    _check_shape("b_hh", b_hh, (G * H,))
+    h0 = _as_float_array("h0", h0, dtype)
+    _check_shape("h0", h0, (B, K))
+    if cell == "lstm":
+        c0 = _as_float_array("c0", c0, dtype)
+        _check_shape("c0", c0, (B, H))
+        w_peep = _as_float_array("w_peep", w_peep, dtype)
+        _check_shape("w_peep", w_peep, (3, H))
+    return (dtype, T, B, I, H, K, _c(x), _c(h0), _c(c0), _c(w_ih), _c(w_hh), _c(b_ih), _c(b_hh),
+            _c(w_hr), _c(w_peep))
+
+
+# ---------------------------------------------------------------------------------------------------
+# panels
+
+
+def _pack(src, offset, s_g, s_j, s_k, Gs, N, K, dtype):
+    """Panels of src for the compiled GEMM tiles; ub unit blocks per group so one tile holds <= 4 vectors."""
+    V = _kernels.lanes(dtype)
+    ub = max(1, min(4 // Gs, -(-N // V)))
+    dst = np.empty(_kernels.pack_size(Gs, N, K, ub, dtype), dtype)
+    _kernels.pack(src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst)
+    return dst, ub
+
+
+def _round_up(n, V):
+    return -(-n // V) * V
+
+
+class _Saved:
+    """What backward needs; opaque to users."""
+    __slots__ = ("cell", "dtype", "T", "B", "I", "H", "K", "G", "mode", "reverse", "lengths", "x", "w_ih",
+                 "w_hh", "w_hr", "w_peep", "has_bias", "buffers", "h0_shape")
+
+    def __repr__(self):
+        return f"<rnnfast saved state for {self.cell} backward, T={self.T} B={self.B} H={self.H}>"
+
+
+# ---------------------------------------------------------------------------------------------------
+# forward
+
+
+def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, reverse, training, mode):
+    dtype, T, B, I, H, K, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = _validate(
+        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep)
+    reverse = _check_flag("reverse", reverse)
+    training = _check_flag("training", training)
+    lengths = _check_lengths(lengths, T, B)
+    G = _GATES[cell]
+    GH = G * H
+    proj = w_hr is not None
+    V = _kernels.lanes(dtype)
+    after = cell == "gru" and mode == 1
+
+    h_n = np.zeros((B, K), dtype) if h0 is None else h0.copy()
+    c_n = None
+    if cell == "lstm":
+        c_n = np.zeros((B, H), dtype) if c0 is None else c0.copy()
+    y = np.empty((T, B, K), dtype)
+    bufs = {}
+    if T and B:
+        xw = np.empty((T, B, GH), dtype)
+        np.matmul(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))
+        # Biases outside the nonlinearity are folded into one vector; GRU reset_after keeps b_hn apart,
+        # since it sits inside r * (W_hn h + b_hn).
+        bias = b_hn = None
+        if b_ih is not None or b_hh is not None:
+            bias = np.zeros(GH, dtype)
+            if b_ih is not None:
+                bias += b_ih
+            if b_hh is not None:
+                if after:
+                    bias[:2 * H] += b_hh[:2 * H]
+                    b_hn = np.ascontiguousarray(b_hh[2 * H:])
+                else:
+                    bias += b_hh
+        Gs = 2 if cell == "gru" and not after else G
+        w_pack, ub = _pack(w_hh, 0, H * K, K, 1, Gs, H, K, dtype)
+        w2_pack, ub2 = None, 1
+        if proj:
+            w2_pack, ub2 = _pack(w_hr, 0, 0, H, 1, 1, K, H, dtype)
+        elif cell == "gru" and not after:
+            w2_pack, ub2 = _pack(w_hh, 2 * H * H, 0, H, 1, 1, H, H, dtype)
+        hbuf = np.empty((2, B, K), dtype)
+        hbuf[0] = h_n
+        cbuf = np.zeros((B, _round_up(H, V)), dtype)
+        if c_n is not None:
+            cbuf[:, :H] = c_n
+        a = dict(xw=xw, bias=bias, b_hn=b_hn, peep=w_peep, w_pack=w_pack, w2_pack=w2_pack, y=y,
+                 hbuf=hbuf, cbuf=cbuf, lengths=lengths,
+                 mbuf=np.zeros((B, H), dtype) if (proj or (cell == "gru" and not after)) else None)
+        if training:
+            bufs["gates_tb"] = np.empty((T, B, GH), dtype)
+            bufs["hprev_tb"] = np.empty((T, B, K), dtype)
+            if cell == "lstm":
+                bufs["c_tb"] = np.empty((T, B, H), dtype)
+                bufs["cprev_tb"] = np.empty((T, B, H), dtype)
+            if proj or cell == "gru":
+                bufs["m_tb"] = np.empty((T, B, H), dtype)
+            a.update(bufs)
+        _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
+                     get_num_threads(), ub=ub, ub2=ub2)
+        h_n = hbuf[T % 2].copy()
+        if c_n is not None:
+            c_n = cbuf[:, :H].copy()
+    saved = None
+    if training:
+        saved = _Saved()
+        saved.cell, saved.dtype, saved.mode, saved.reverse, saved.lengths = cell, dtype, mode, reverse, lengths
+        saved.T, saved.B, saved.I, saved.H, saved.K, saved.G = T, B, I, H, K, G
+        saved.x, saved.w_ih, saved.w_hh, saved.w_hr, saved.w_peep = x, w_ih, w_hh, w_hr, w_peep
+        saved.has_bias = (b_ih is not None, b_hh is not None)
+        saved.buffers = bufs
+    return y, h_n, c_n, saved
+
+
+def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None,
+                reverse=False, training=False):
+    """Elman RNN over a sequence: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh or relu.
+
+    x (T, B, I); h0 (B, H) or None; w_ih (H, I); w_hh (H, H); b_ih, b_hh (H,) or None;
+    lengths (B,) ints in [0, T] or None. Returns y (T, B, H), h_n (B, H), saved (None unless training)."""
+    if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    y, h_n, _, saved = _forward("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths, reverse,
+                                training, 1 if nonlinearity == "relu" else 0)
+    return y, h_n, saved
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, w_peep=None, lengths=None,
+                 reverse=False, training=False):
+    """LSTM over a sequence, gates i, f, g, o; with w_hr (P, H) the state is projected, h = w_hr (o*tanh c).
+
+    x (T, B, I); h0 (B, P or H); c0 (B, H); w_ih (4H, I); w_hh (4H, P or H); b_ih, b_hh (4H,);
+    w_peep (3, H) peephole weights or None. Returns y (T, B, P or H), h_n, c_n (B, H), saved."""
+    return _forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, reverse, training, 0)
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, lengths=None,
+                reverse=False, training=False):
+    """GRU over a sequence, gates r, z, n. reset_after=True is torch's form n = tanh(W_in x + b_in +
+    r*(W_hn h + b_hn)); False applies r before the matrix: n = tanh(W_in x + b_in + W_hn (r*h) + b_hn).
+
+    x (T, B, I); h0 (B, H); w_ih (3H, I); w_hh (3H, H); b_ih, b_hh (3H,). Returns y (T, B, H), h_n, saved."""
+    reset_after = _check_flag("reset_after", reset_after)
+    y, h_n, _, saved = _forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, None, lengths, reverse,
+                                training, 1 if reset_after else 0)
+    return y, h_n, saved
+
+
+# ---------------------------------------------------------------------------------------------------
+# backward
+
+
+def _check_saved(saved, cell):
+    if saved is None:
+        raise ValueError("saved is None: call the forward with training=True")
+    if not isinstance(saved, _Saved):
+        raise TypeError(f"saved: expected the object returned by rnnfast.ops.{cell}_forward(..., training=True), "
+                        f"got {type(saved).__name__}")
+    if saved.cell != cell:
+        raise ValueError(f"saved: expected the state of a {cell} forward, got that of a {saved.cell} forward")
+
+
+def _backward(cell, dy, dh_n, dc_n, saved):
+    _check_saved(saved, cell)
+    s = saved
+    dtype, T, B, I, H, K, G = s.dtype, s.T, s.B, s.I, s.H, s.K, s.G
+    GH = G * H
+    dy = _c(_as_float_array("dy", dy, dtype))
+    _check_shape("dy", dy, (T, B, K))
+    dh_n = _c(_as_float_array("dh_n", dh_n, dtype))
+    _check_shape("dh_n", dh_n, (B, K))
+    if cell == "lstm":
+        dc_n = _c(_as_float_array("dc_n", dc_n, dtype))
+        _check_shape("dc_n", dc_n, (B, H))
+    proj = s.w_hr is not None
+    after = cell == "gru" and s.mode == 1
+    V = _kernels.lanes(dtype)
+    dg_tb = np.zeros((T, B, GH), dtype)
+    dh0 = np.zeros((B, K), dtype) if dh_n is None else dh_n.copy()
+    dc0 = None
+    if cell == "lstm":
+        dc0 = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
+    a = {}
+    if T and B:
+        dg_tb = np.empty((T, B, GH), dtype)
+        Kq = 2 * H if cell == "gru" and not after else GH
+        wq_pack, uq = _pack(s.w_hh, 0, 0, 1, K, 1, K, Kq, dtype)
+        wq2_pack, uq2 = None, 1
+        if proj:
+            wq2_pack, uq2 = _pack(s.w_hr, 0, 0, 1, H, 1, H, K, dtype)
+        elif cell == "gru" and not after:
+            wq2_pack, uq2 = _pack(s.w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype)
+        cbuf = np.zeros((B, _round_up(H, V)), dtype)
+        a = dict(s.buffers, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, wq_pack=wq_pack, wq2_pack=wq2_pack, dg_tb=dg_tb,
+                 dh0=dh0, cbuf=cbuf, lengths=s.lengths, zero=np.zeros(max(GH, K, H) + V, dtype))
+        if after:
+            a["dgh_tb"] = np.empty((T, B, GH), dtype)
+        if proj:
+            a["dhp_tb"] = np.empty((T, B, K), dtype)
+        _kernels.run(cell, True, dtype, a, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
+                     get_num_threads(), uq=uq, uq2=uq2)
+        if dc0 is not None:
+            keep = slice(None) if s.lengths is None else s.lengths > 0
+            dc0[keep] = cbuf[keep, :H]
+    # Whole-sequence GEMMs after the loop, at BLAS speed.
+    N = T * B
+    dg = dg_tb.reshape(N, GH)
+    dx = (dg @ s.w_ih).reshape(T, B, I)
+    dw_ih = dg.T @ s.x.reshape(N, I)
+    hprev = a["hprev_tb"].reshape(N, K) if a else np.zeros((N, K), dtype)
+    if after:
+        dgh = a["dgh_tb"].reshape(N, GH) if a else dg
+        dw_hh = dgh.T @ hprev
+        db_hh_full = dgh.sum(axis=0)
+    elif cell == "gru":
+        rh = a["m_tb"].reshape(N, H) if a else np.zeros((N, H), dtype)
+        dw_hh = np.empty((GH, H), dtype)
+        np.matmul(dg[:, :2 * H].T, hprev, out=dw_hh[:2 * H])
+        np.matmul(dg[:, 2 * H:].T, rh, out=dw_hh[2 * H:])
+        db_hh_full = None
+    else:
+        dw_hh = dg.T @ hprev
+        db_hh_full = None
+    db = dg.sum(axis=0)
+    db_ih = db if s.has_bias[0] else None
+    db_hh = (db_hh_full if db_hh_full is not None else db.copy()) if s.has_bias[1] else None
+    if db_ih is not None and db_hh is db_ih:
+        db_hh = db_hh.copy()
+    if cell != "lstm":
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
+    dw_hr = None
+    if proj:
+        dhp = a["dhp_tb"].reshape(N, K) if a else np.zeros((N, K), dtype)
+        m = a["m_tb"].reshape(N, H) if a else np.zeros((N, H), dtype)
+        dw_hr = dhp.T @ m
+    out = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+    if s.w_peep is None:
+        return out
+    dw_peep = np.empty((3, H), dtype)
+    if a:
+        dg4 = dg_tb.reshape(N, 4, H)
+        cprev = a["cprev_tb"].reshape(N, H)
+        cnew = a["c_tb"].reshape(N, H)
+        dw_peep[0] = np.einsum("nh,nh->h", dg4[:, 0], cprev)
+        dw_peep[1] = np.einsum("nh,nh->h", dg4[:, 1], cprev)
+        dw_peep[2] = np.einsum("nh,nh->h", dg4[:, 3], cnew)
+    else:
+        dw_peep[:] = 0
+    return out + (dw_peep,)
+
+
+def rnn_backward(dy, dh_n, saved):
+    """Gradients of an rnn_forward(..., training=True): dy (T, B, H) and dh_n (B, H) (None = zeros)
+    -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); gradients of absent biases are None."""
+    return _backward("rnn", dy, dh_n, None, saved)
+
+
+def lstm_backward(dy, dh_n, dc_n, saved):
+    """Gradients of an lstm_forward(..., training=True): dy (T, B, P or H), dh_n, dc_n (None = zeros)
+    -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), plus dw_peep when the forward had w_peep."""
+    return _backward("lstm", dy, dh_n, dc_n, saved)
+
+
+def gru_backward(dy, dh_n, saved):
+    """Gradients of a gru_forward(..., training=True): dy (T, B, H), dh_n (B, H) (None = zeros)
+    -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    return _backward("gru", dy, dh_n, None, saved)
+
+

@@ -1,0 +1,192 @@
+# cython: language_level=3
+"""Binding of the compiled time loops (src_ext/*.h). Users call rnnfast.ops, which validates every
+argument first; this module only checks, as a last line of defence, that each array it hands to C code is
+C-contiguous with the expected dtype, so no mistake upstream can turn into an out-of-bounds access."""
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+cnp.import_array()
+
+cdef extern from "kernels.h" nogil:
+    ctypedef int64_t rf_index
+    ctypedef struct rf_ctx:
+        rf_index T, B, n_in, H, K, G
+        int reverse, mode, training, proj, n_threads
+        const int64_t *lengths
+        const void *xw
+        const void *bias
+        const void *b_hn
+        const void *peep
+        const void *w_pack
+        const void *w2_pack
+        int ub, ub2
+        const void *h0
+        const void *c0
+        void *y
+        void *h_n
+        void *c_n
+        void *gates_tb
+        void *c_tb
+        void *cprev_tb
+        void *hprev_tb
+        void *m_tb
+        const void *dy
+        const void *dh_n
+        const void *dc_n
+        const void *wq_pack
+        const void *wq2_pack
+        int uq, uq2
+        void *dg_tb
+        void *dgh_tb
+        void *dhp_tb
+        void *dh0
+        void *dc0
+        void *hbuf
+        void *cbuf
+        void *mbuf
+        void *zero
+    int rf_lanes_f32()
+    int rf_lanes_f64()
+    const char *rf_simd_path()
+    int rf_openmp_enabled()
+    int rf_max_threads()
+    rf_index rf_pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, rf_index V)
+    void rf_pack_f32(const float *src, rf_index s_g, rf_index s_j, rf_index s_k,
+                     rf_index Gs, rf_index N, rf_index K, rf_index ub, float *dst)
+    void rf_pack_f64(const double *src, rf_index s_g, rf_index s_j, rf_index s_k,
+                     rf_index Gs, rf_index N, rf_index K, rf_index ub, double *dst)
+    void rf_rnn_forward_f32(const rf_ctx *c)
+    void rf_rnn_forward_f64(const rf_ctx *c)
+    void rf_rnn_backward_f32(const rf_ctx *c)
+    void rf_rnn_backward_f64(const rf_ctx *c)
+    void rf_lstm_forward_f32(const rf_ctx *c)
+    void rf_lstm_forward_f64(const rf_ctx *c)
+    void rf_lstm_backward_f32(const rf_ctx *c)
+    void rf_lstm_backward_f64(const rf_ctx *c)
+    void rf_gru_forward_f32(const rf_ctx *c)
+    void rf_gru_forward_f64(const rf_ctx *c)
+    void rf_gru_backward_f32(const rf_ctx *c)
+    void rf_gru_backward_f64(const rf_ctx *c)
+
+ctypedef void (*loop_fn)(const rf_ctx *) noexcept nogil
+
+
+
+def lanes(dtype):
+    """SIMD lanes per vector for dtype (the panel width)."""
+    return rf_lanes_f32() if cnp.dtype(dtype).itemsize == 4 else rf_lanes_f64()
+
+
+def simd_path():
+    return rf_simd_path().decode()
+
+
+def openmp_enabled():
+    return bool(rf_openmp_enabled())
+
+
+def max_threads():
+    return rf_max_threads()
+
+
+def pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, dtype):
+    return rf_pack_size(Gs, N, K, ub, lanes(dtype))
+
+
+cdef void *_ptr(object a, int typenum, str name) except? NULL:
+    if a is None:
+        return NULL
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"internal: {name} must be an ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or cnp.PyArray_TYPE(arr) != typenum:
+        raise ValueError(f"internal: {name} must be C-contiguous {cnp.PyArray_DescrFromType(typenum)}, "
+                         f"got {arr.dtype} (C-contiguous: {bool(cnp.PyArray_IS_C_CONTIGUOUS(arr))})")
+    return cnp.PyArray_DATA(arr)
+
+
+def pack(cnp.ndarray src, rf_index offset, rf_index s_g, rf_index s_j, rf_index s_k,
+         rf_index Gs, rf_index N, rf_index K, rf_index ub, cnp.ndarray dst):
+    """Pack src[offset + g*s_g + j*s_j + k*s_k] for (g < Gs, j < N, k < K) into panel groups of ub unit
+    blocks in dst (see kernels.h). Strides and offset are in elements."""
+    cdef int typenum = cnp.PyArray_TYPE(src)
+    cdef rf_index V = lanes(src.dtype)
+    if src.ndim < 1 or dst.ndim != 1 or dst.shape[0] < rf_pack_size(Gs, N, K, ub, V):
+        raise ValueError("internal: pack destination too small")
+    if N > 0 and K > 0:
+        last = offset + (Gs - 1) * s_g + (N - 1) * s_j + (K - 1) * s_k
+        if offset < 0 or last >= cnp.PyArray_SIZE(src):
+            raise ValueError("internal: pack source out of range")
+    cdef void *sp = _ptr(src, typenum, "pack source")
+    cdef void *dp = _ptr(dst, typenum, "pack destination")
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            rf_pack_f32(<const float *>sp + offset, s_g, s_j, s_k, Gs, N, K, ub, <float *>dp)
+        else:
+            rf_pack_f64(<const double *>sp + offset, s_g, s_j, s_k, Gs, N, K, ub, <double *>dp)
+    return dst
+
+
+def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
+        rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
+        int ub=1, int ub2=1, int uq=1, int uq2=1):
+    """Run one time loop. `a` maps the rf_ctx pointer field names to arrays (or None); every array must
+    already have its documented shape (rnnfast/ops.py guarantees it)."""
+    cdef rf_ctx c
+    cdef int typenum = cnp.NPY_FLOAT32 if cnp.dtype(dtype).itemsize == 4 else cnp.NPY_FLOAT64
+    c.T = T; c.B = B; c.n_in = I; c.H = H; c.K = K; c.G = G
+    c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
+    c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2
+    lengths = a.get("lengths")
+    c.lengths = <const int64_t *>_ptr(lengths, cnp.NPY_INT64, "lengths")
+    c.xw = _ptr(a.get("xw"), typenum, "xw")
+    c.bias = _ptr(a.get("bias"), typenum, "bias")
+    c.b_hn = _ptr(a.get("b_hn"), typenum, "b_hn")
+    c.peep = _ptr(a.get("peep"), typenum, "peep")
+    c.w_pack = _ptr(a.get("w_pack"), typenum, "w_pack")
+    c.w2_pack = _ptr(a.get("w2_pack"), typenum, "w2_pack")
+    c.h0 = _ptr(a.get("h0"), typenum, "h0")
+    c.c0 = _ptr(a.get("c0"), typenum, "c0")
+    c.y = _ptr(a.get("y"), typenum, "y")
+    c.h_n = _ptr(a.get("h_n"), typenum, "h_n")
+    c.c_n = _ptr(a.get("c_n"), typenum, "c_n")
+    c.gates_tb = _ptr(a.get("gates_tb"), typenum, "gates_tb")
+    c.c_tb = _ptr(a.get("c_tb"), typenum, "c_tb")
+    c.cprev_tb = _ptr(a.get("cprev_tb"), typenum, "cprev_tb")
+    c.hprev_tb = _ptr(a.get("hprev_tb"), typenum, "hprev_tb")
+    c.m_tb = _ptr(a.get("m_tb"), typenum, "m_tb")
+    c.dy = _ptr(a.get("dy"), typenum, "dy")
+    c.dh_n = _ptr(a.get("dh_n"), typenum, "dh_n")
+    c.dc_n = _ptr(a.get("dc_n"), typenum, "dc_n")
+    c.wq_pack = _ptr(a.get("wq_pack"), typenum, "wq_pack")
+    c.wq2_pack = _ptr(a.get("wq2_pack"), typenum, "wq2_pack")
+    c.dg_tb = _ptr(a.get("dg_tb"), typenum, "dg_tb")
+    c.dgh_tb = _ptr(a.get("dgh_tb"), typenum, "dgh_tb")
+    c.dhp_tb = _ptr(a.get("dhp_tb"), typenum, "dhp_tb")
+    c.dh0 = _ptr(a.get("dh0"), typenum, "dh0")
+    c.dc0 = _ptr(a.get("dc0"), typenum, "dc0")
+    c.hbuf = _ptr(a.get("hbuf"), typenum, "hbuf")
+    c.cbuf = _ptr(a.get("cbuf"), typenum, "cbuf")
+    c.mbuf = _ptr(a.get("mbuf"), typenum, "mbuf")
+    c.zero = _ptr(a.get("zero"), typenum, "zero")
+    cdef loop_fn fn
+    cdef bint f32 = typenum == cnp.NPY_FLOAT32
+    if cell == "rnn":
+        if backward:
+            fn = rf_rnn_backward_f32 if f32 else rf_rnn_backward_f64
+        else:
+            fn = rf_rnn_forward_f32 if f32 else rf_rnn_forward_f64
+    elif cell == "lstm":
+        if backward:
+            fn = rf_lstm_backward_f32 if f32 else rf_lstm_backward_f64
+        else:
+            fn = rf_lstm_forward_f32 if f32 else rf_lstm_forward_f64
+    elif cell == "gru":
+        if backward:
+            fn = rf_gru_backward_f32 if f32 else rf_gru_backward_f64
+        else:
+            fn = rf_gru_forward_f32 if f32 else rf_gru_forward_f64
+    else:
+        raise ValueError(f"internal: unknown cell {cell!r}")
+    with nogil:
+        fn(&c)

@@ -1,0 +1,154 @@
+/* Shared pieces of the kernels, compiled once per dtype: kernels.c defines REAL (float or double),
+ * V (lanes per vector: 16 floats or 8 doubles, one 512-bit register) and SFX(name) (the dtype suffix),
+ * then includes this file and the cell files. No include guard on purpose. */
+
+typedef REAL SFX(vec) __attribute__((vector_size(V * sizeof(REAL))));
+#define VEC SFX(vec)
+#if RF_IS_FLOAT
+typedef int32_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
+#else
+typedef int64_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
+#endif
+#define IVEC SFX(ivec)
+
+/* Register tile limits: at most 16 accumulators (half the AVX-512 register file) per tile. */
+#define RF_RMAX(nv) ((nv) <= 2 ? 8 : 4)
+
+static RF_INLINE VEC SFX(vload)(const REAL *p) { VEC v; memcpy(&v, p, sizeof v); return v; }
+static RF_INLINE void SFX(vstore)(REAL *p, VEC v) { memcpy(p, &v, sizeof v); }
+/* Tail blocks (H not a multiple of V) touch only their n valid lanes; the rest read as 0. */
+static RF_INLINE VEC SFX(vload_n)(const REAL *p, int n) {
+    if (n == V) return SFX(vload)(p);
+    REAL tmp[V] = {0};
+    for (int i = 0; i < n; i++) tmp[i] = p[i];
+    return SFX(vload)(tmp);
+}
+static RF_INLINE void SFX(vstore_n)(REAL *p, VEC v, int n) {
+    if (n == V) { SFX(vstore)(p, v); return; }
+    REAL tmp[V];
+    SFX(vstore)(tmp, v);
+    for (int i = 0; i < n; i++) p[i] = tmp[i];
+}
+static RF_INLINE void SFX(zero_n)(REAL *p, rf_index n) { memset(p, 0, (size_t)n * sizeof(REAL)); }
+static RF_INLINE void SFX(copy_n)(REAL *dst, const REAL *src, rf_index n) { memcpy(dst, src, (size_t)n * sizeof(REAL)); }
+static RF_INLINE VEC SFX(vsplat)(REAL a) { VEC v = {0}; return v + a; }
+static RF_INLINE VEC SFX(vselect)(IVEC mask, VEC a, VEC b) {
+    return (VEC)(((IVEC)a & mask) | ((IVEC)b & ~mask));
+}
+
+#if RF_IS_FLOAT
+/* exp(x) = scale * (1 + q), |x| clamped to the range where scale is a normal float. Range reduction
+ * x = n ln2 + r (Cody-Waite, two-part ln2), q = e^r - 1 by the Cephes minimax polynomial (~1 ulp).
+ * NaN stays NaN (comparisons with NaN are false, so the clamp lets it through). */
+static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale) {
+    const VEC lo = SFX(vsplat)(-86.0f), hi = SFX(vsplat)(88.0f);
+    x = SFX(vselect)(x < lo, lo, x);
+    x = SFX(vselect)(x > hi, hi, x);
+    const VEC magic = SFX(vsplat)(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    VEC t = x * 1.44269504088896341f + magic;
+    VEC n = t - magic;
+    VEC r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    VEC p = SFX(vsplat)(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    IVEC ni = (IVEC)t - (IVEC)magic;
+    *scale = (VEC)((ni + 127) << 23);
+    return p * (r * r) + r;
+}
+static RF_INLINE VEC SFX(vsigmoid)(VEC x) {
+    VEC scale, q = SFX(vexp_parts)(-x, &scale);
+    return 1.0f / (1.0f + (scale + scale * q));
+}
+/* tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)): no cancellation near 0, no overflow for large |x|. */
+static RF_INLINE VEC SFX(vtanh)(VEC x) {
+    IVEC signbit = (IVEC)x & (IVEC)SFX(vsplat)(-0.0f);
+    VEC a = (VEC)((IVEC)x & ~(IVEC)SFX(vsplat)(-0.0f));
+    VEC scale, q = SFX(vexp_parts)(-2.0f * a, &scale);
+    VEC em1 = scale * q + (scale - 1.0f);
+    VEC t = -em1 / (2.0f + em1);
+    return (VEC)((IVEC)t | signbit);
+}
+#else
+/* float64: full-precision libm, lane by lane (the GEMM dominates at the sizes where this matters). */
+static RF_INLINE VEC SFX(vsigmoid)(VEC x) {
+    VEC r;
+    for (int i = 0; i < V; i++) r[i] = 1.0 / (1.0 + exp(-x[i]));
+    return r;
+}
+static RF_INLINE VEC SFX(vtanh)(VEC x) {
+    VEC r;
+    for (int i = 0; i < V; i++) r[i] = tanh(x[i]);
+    return r;
+}
+#endif
+/* relu that keeps NaN (x < 0 is false for NaN). */
+static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(0), x); }
+
+/* out[r][v*V + lane] = sum_k A[r][k] * panel[k][v][lane] for r < R, v < NV: one register tile. Every
+ * accumulator is one FMA chain over k in order, so the result does not depend on R. */
+#define RF_TILE(RR, NVV)                                                            \
+    case (RR) * 8 + (NVV): {                                                        \
+        VEC acc[RR][NVV];                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) acc[r][v] = (VEC){0}; \
+        for (rf_index k = 0; k < K; k++) {                                          \
+            const REAL *pk = panel + k * ((NVV) * V);                               \
+            VEC w[NVV];                                                             \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                   \
+                w[v] = SFX(vload)(pk + v * V);                                      \
+            _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++) {                  \
+                const REAL a = A[r][k];                                             \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)               \
+                    acc[r][v] += a * w[v];                                          \
+            }                                                                       \
+        }                                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
+            SFX(vstore)(out + (r * (NVV) + v) * V, acc[r][v]);                      \
+        return;                                                                     \
+    }
+
+static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_index K,
+                                     const REAL *panel, REAL *out) {
+    switch (R * 8 + NV) {
+        RF_TILE(1, 1) RF_TILE(2, 1) RF_TILE(3, 1) RF_TILE(4, 1)
+        RF_TILE(5, 1) RF_TILE(6, 1) RF_TILE(7, 1) RF_TILE(8, 1)
+        RF_TILE(1, 2) RF_TILE(2, 2) RF_TILE(3, 2) RF_TILE(4, 2)
+        RF_TILE(5, 2) RF_TILE(6, 2) RF_TILE(7, 2) RF_TILE(8, 2)
+        RF_TILE(1, 3) RF_TILE(2, 3) RF_TILE(3, 3) RF_TILE(4, 3)
+        RF_TILE(1, 4) RF_TILE(2, 4) RF_TILE(3, 4) RF_TILE(4, 4)
+        default: break;
+    }
+}
+
+void SFX(rf_pack)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k,
+                  rf_index Gs, rf_index N, rf_index K, rf_index ub, REAL *dst) {
+    const rf_index nblk = (N + V - 1) / V, ngrp = (nblk + ub - 1) / ub, NV = Gs * ub;
+    for (rf_index grp = 0; grp < ngrp; grp++)
+        for (rf_index k = 0; k < K; k++)
+            for (rf_index sb = 0; sb < ub; sb++)
+                for (rf_index g = 0; g < Gs; g++) {
+                    REAL *d = dst + ((grp * K + k) * NV + sb * Gs + g) * V;
+                    for (rf_index lane = 0; lane < V; lane++) {
+                        rf_index j = (grp * ub + sb) * V + lane;
+                        d[lane] = j < N ? src[g * s_g + j * s_j + k * s_k] : (REAL)0;
+                    }
+                }
+}
+
+/* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it
+ * is active (s < length). Reverse rows run from length-1 down to 0. */
+static RF_INLINE int SFX(row_at)(const rf_ctx *c, rf_index s, rf_index b, rf_index *t, rf_index *len) {
+    *len = c->lengths ? c->lengths[b] : c->T;
+    *t = c->reverse ? *len - 1 - s : s;
+    return s >= 0 && s < *len;
+}
+
+/* The A-operand rows and the epilogue differ per phase; the tile walk is the same everywhere. */
+#define RF_TILE_ROWS(r_lo, r_hi, NV, r0, nr)                                   \
+    for (rf_index r0 = (r_lo); r0 < (r_hi); r0 += RF_RMAX(NV))                 \
+        for (int nr = (int)((r_hi) - r0 < RF_RMAX(NV) ? (r_hi) - r0 : RF_RMAX(NV)); nr > 0; nr = 0)

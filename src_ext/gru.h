@@ -1,0 +1,262 @@
+/* GRU, gate order r, z, n (torch). reset_after (mode 1, torch's form): n = tanh(W_in x + b_in + r*(W_hn h + b_hn));
+ * reset before (mode 0, Keras reset_after=False / ONNX linear_before_reset=0): n = tanh(W_in x + b_in +
+ * W_hn (r*h) + b_hn), which needs r of every unit before the n GEMM: a second phase per step.
+ * h' = (1 - z) * n + z * h. Compiled once per dtype. */
+
+/* Forward phase 1. reset_after: all three gates and the new state. Reset before: r and z only (panels of
+ * w_hh rows r, z), leaving r*h in mbuf and z in cbuf for phase 2. */
+static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+    const rf_index B = c->B, H = c->H, GH = 3 * H, Hp = RF_ROUND(H);
+    const int after = c->mode == 1, Gs = after ? 3 : 2, ub = c->ub, NV = Gs * ub;
+    const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * H;
+    REAL *hnext = (REAL *)c->hbuf + ((s + 1) & 1) * B * H;
+    const REAL *xw = (const REAL *)c->xw, *bias = (const REAL *)c->bias, *b_hn = (const REAL *)c->b_hn;
+    const REAL *panel = (const REAL *)c->w_pack;
+    REAL *y = (REAL *)c->y, *g_tb = (REAL *)c->gates_tb, *hp_tb = (REAL *)c->hprev_tb, *m_tb = (REAL *)c->m_tb;
+    REAL *mb = (REAL *)c->mbuf, *zb = (REAL *)c->cbuf;
+    rf_index g_lo, g_hi;
+    rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
+    REAL out[4 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+        const REAL *A[8];
+        for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            for (int i = 0; i < nr; i++) {
+                const rf_index b = r0 + i;
+                rf_index t, len;
+                const int active = SFX(row_at)(c, s, b, &t, &len);
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    if (j0 >= H) break;
+                    const int nl = (int)(H - j0 < V ? H - j0 : V);
+                    if (!active) {
+                        if (after) {
+                            SFX(copy_n)(hnext + b * H + j0, hprev + b * H + j0, nl);
+                            SFX(zero_n)(y + (s * B + b) * H + j0, nl);
+                        }
+                        if (c->training) {
+                            for (int g = 0; g < 3; g++) SFX(zero_n)(g_tb + (s * B + b) * GH + g * H + j0, nl);
+                            SFX(zero_n)(hp_tb + (s * B + b) * H + j0, nl);
+                            SFX(zero_n)(m_tb + (s * B + b) * H + j0, nl);
+                        }
+                        continue;
+                    }
+                    const REAL *acc = out + (i * NV + sb * Gs) * V;
+                    const REAL *xr = xw + (t * B + b) * GH + j0;
+                    VEC pr = SFX(vload)(acc) + SFX(vload_n)(xr, nl);
+                    VEC pz = SFX(vload)(acc + V) + SFX(vload_n)(xr + H, nl);
+                    if (bias) {
+                        pr += SFX(vload_n)(bias + j0, nl);
+                        pz += SFX(vload_n)(bias + H + j0, nl);
+                    }
+                    const VEC r = SFX(vsigmoid)(pr), z = SFX(vsigmoid)(pz);
+                    const VEC hp = SFX(vload_n)(hprev + b * H + j0, nl);
+                    REAL *gs = g_tb + (t * B + b) * GH + j0;
+                    if (after) {
+                        VEC hn = SFX(vload)(acc + 2 * V);
+                        if (b_hn) hn += SFX(vload_n)(b_hn + j0, nl);
+                        VEC pn = SFX(vload_n)(xr + 2 * H, nl) + r * hn;
+                        if (bias) pn += SFX(vload_n)(bias + 2 * H + j0, nl);
+                        const VEC n = SFX(vtanh)(pn);
+                        const VEC h = (1 - z) * n + z * hp;
+                        SFX(vstore_n)(hnext + b * H + j0, h, nl);
+                        SFX(vstore_n)(y + (t * B + b) * H + j0, h, nl);
+                        if (c->training) {
+                            SFX(vstore_n)(gs + 2 * H, n, nl);
+                            SFX(vstore_n)(m_tb + (t * B + b) * H + j0, hn, nl);
+                        }
+                    } else {
+                        SFX(vstore_n)(mb + b * H + j0, r * hp, nl);
+                        SFX(vstore)(zb + b * Hp + j0, z);
+                        if (c->training) SFX(vstore_n)(m_tb + (t * B + b) * H + j0, r * hp, nl);
+                    }
+                    if (c->training) {
+                        SFX(vstore_n)(gs, r, nl);
+                        SFX(vstore_n)(gs + H, z, nl);
+                        SFX(copy_n)(hp_tb + (t * B + b) * H + j0, hprev + b * H + j0, nl);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Forward phase 2 (reset before only): n = tanh(xw_n + (r*h) @ w_hn^T + b_in + b_hn), new state. */
+static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+    const rf_index B = c->B, H = c->H, GH = 3 * H, Hp = RF_ROUND(H);
+    const int ub = c->ub2, NV = ub;
+    const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * H;
+    REAL *hnext = (REAL *)c->hbuf + ((s + 1) & 1) * B * H;
+    const REAL *xw = (const REAL *)c->xw, *bias = (const REAL *)c->bias, *panel = (const REAL *)c->w2_pack;
+    const REAL *mb = (const REAL *)c->mbuf, *zb = (const REAL *)c->cbuf;
+    REAL *y = (REAL *)c->y, *g_tb = (REAL *)c->gates_tb;
+    rf_index g_lo, g_hi;
+    rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
+    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+        const REAL *A[8];
+        for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            for (int i = 0; i < nr; i++) {
+                const rf_index b = r0 + i;
+                rf_index t, len;
+                const int active = SFX(row_at)(c, s, b, &t, &len);
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    if (j0 >= H) break;
+                    const int nl = (int)(H - j0 < V ? H - j0 : V);
+                    if (!active) {
+                        SFX(copy_n)(hnext + b * H + j0, hprev + b * H + j0, nl);
+                        SFX(zero_n)(y + (s * B + b) * H + j0, nl);
+                        continue;
+                    }
+                    VEC pn = SFX(vload)(out + (i * NV + sb) * V) + SFX(vload_n)(xw + (t * B + b) * GH + 2 * H + j0, nl);
+                    if (bias) pn += SFX(vload_n)(bias + 2 * H + j0, nl);
+                    const VEC n = SFX(vtanh)(pn);
+                    const VEC z = SFX(vload)(zb + b * Hp + j0), hp = SFX(vload_n)(hprev + b * H + j0, nl);
+                    const VEC h = (1 - z) * n + z * hp;
+                    SFX(vstore_n)(hnext + b * H + j0, h, nl);
+                    SFX(vstore_n)(y + (t * B + b) * H + j0, h, nl);
+                    if (c->training) SFX(vstore_n)(g_tb + (t * B + b) * GH + 2 * H + j0, n, nl);
+                }
+            }
+        }
+    }
+}
+
+RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt) {
+    rf_split sp;
+    rf_split_init(&sp, c->B, tid, nt);
+    for (rf_index s = 0; s < c->T; s++) {
+        SFX(gru_fwd_rz)(c, s, &sp);
+        rf_sync(&sp);
+        if (c->mode != 1) {
+            SFX(gru_fwd_n)(c, s, &sp);
+            rf_sync(&sp);
+        }
+    }
+}
+
+void SFX(rf_gru_forward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(gru_fwd_worker)); }
+
+/* Backward phase 1 for step s (s = -1 gives dh0). The recurrent GEMM reads the hidden-side gate gradients
+ * of step s+1: all three (dgh_tb) for reset_after, r and z (the first 2H of dg_tb) for reset before.
+ * cbuf carries the direct terms dh*z (+ r * d(r*h) for reset before) from step s+1. */
+static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+    const rf_index B = c->B, H = c->H, GH = 3 * H, Hp = RF_ROUND(H);
+    const int after = c->mode == 1, ub = c->uq, NV = ub;
+    const rf_index Kq = after ? GH : 2 * H;
+    const REAL *dy = (const REAL *)c->dy, *dh_n = (const REAL *)c->dh_n, *zero = (const REAL *)c->zero;
+    const REAL *g_tb = (const REAL *)c->gates_tb, *hp_tb = (const REAL *)c->hprev_tb, *m_tb = (const REAL *)c->m_tb;
+    const REAL *panel = (const REAL *)c->wq_pack;
+    REAL *dg_tb = (REAL *)c->dg_tb, *dgh_tb = (REAL *)c->dgh_tb, *dh0 = (REAL *)c->dh0, *carry = (REAL *)c->cbuf;
+    const REAL *a_tb = after ? dgh_tb : dg_tb;
+    rf_index g_lo, g_hi;
+    rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
+    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+        const REAL *A[8];
+        for (int i = 0; i < nr; i++) {
+            rf_index t1, len1;
+            A[i] = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1) ? a_tb + (t1 * B + r0 + i) * GH : zero;
+        }
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+            SFX(gemm_tile)(nr, NV, A, Kq, panel + grp * Kq * NV * V, out);
+            for (int i = 0; i < nr; i++) {
+                const rf_index b = r0 + i;
+                rf_index t, len;
+                const int active = SFX(row_at)(c, s, b, &t, &len);
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    if (j0 >= H) break;
+                    const int nl = (int)(H - j0 < V ? H - j0 : V);
+                    VEC dh = SFX(vload)(out + (i * NV + sb) * V);
+                    if (s == len - 1) { if (dh_n) dh += SFX(vload_n)(dh_n + b * H + j0, nl); }
+                    else dh += SFX(vload)(carry + b * Hp + j0);
+                    if (s < 0) { SFX(vstore_n)(dh0 + b * H + j0, dh, nl); continue; }
+                    if (!active) {
+                        for (int g = after ? 0 : 1; g < 3; g++) {
+                            SFX(zero_n)(dg_tb + (s * B + b) * GH + g * H + j0, nl);
+                            if (after) SFX(zero_n)(dgh_tb + (s * B + b) * GH + g * H + j0, nl);
+                        }
+                        continue;
+                    }
+                    if (dy) dh += SFX(vload_n)(dy + (t * B + b) * H + j0, nl);
+                    const REAL *gs = g_tb + (t * B + b) * GH + j0;
+                    const VEC r = SFX(vload_n)(gs, nl), z = SFX(vload_n)(gs + H, nl), n = SFX(vload_n)(gs + 2 * H, nl);
+                    const VEC hp = SFX(vload_n)(hp_tb + (t * B + b) * H + j0, nl);
+                    const VEC dn_pre = dh * (1 - z) * (1 - n * n);
+                    const VEC dz_pre = dh * (hp - n) * z * (1 - z);
+                    SFX(vstore)(carry + b * Hp + j0, dh * z);
+                    REAL *dg = dg_tb + (t * B + b) * GH + j0;
+                    SFX(vstore_n)(dg + H, dz_pre, nl);
+                    SFX(vstore_n)(dg + 2 * H, dn_pre, nl);
+                    if (after) {
+                        const VEC hn = SFX(vload_n)(m_tb + (t * B + b) * H + j0, nl);
+                        const VEC dr_pre = dn_pre * hn * r * (1 - r);
+                        REAL *dgh = dgh_tb + (t * B + b) * GH + j0;
+                        SFX(vstore_n)(dg, dr_pre, nl);
+                        SFX(vstore_n)(dgh, dr_pre, nl);
+                        SFX(vstore_n)(dgh + H, dz_pre, nl);
+                        SFX(vstore_n)(dgh + 2 * H, dn_pre * r, nl);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Backward phase 2 (reset before only): d(r*h) = dn_pre @ w_hn, then dr and the r*d(r*h) carry. */
+static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+    const rf_index B = c->B, H = c->H, GH = 3 * H, Hp = RF_ROUND(H);
+    const int ub = c->uq2, NV = ub;
+    const REAL *zero = (const REAL *)c->zero, *g_tb = (const REAL *)c->gates_tb;
+    const REAL *hp_tb = (const REAL *)c->hprev_tb, *panel = (const REAL *)c->wq2_pack;
+    REAL *dg_tb = (REAL *)c->dg_tb, *carry = (REAL *)c->cbuf;
+    rf_index g_lo, g_hi;
+    rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
+    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+        const REAL *A[8];
+        for (int i = 0; i < nr; i++) {
+            rf_index t, len;
+            A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dg_tb + (t * B + r0 + i) * GH + 2 * H : zero;
+        }
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            for (int i = 0; i < nr; i++) {
+                const rf_index b = r0 + i;
+                rf_index t, len;
+                const int active = SFX(row_at)(c, s, b, &t, &len);
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    if (j0 >= H) break;
+                    const int nl = (int)(H - j0 < V ? H - j0 : V);
+                    if (!active) { SFX(zero_n)(dg_tb + (s * B + b) * GH + j0, nl); continue; }
+                    const VEC drh = SFX(vload)(out + (i * NV + sb) * V);
+                    const VEC r = SFX(vload_n)(g_tb + (t * B + b) * GH + j0, nl);
+                    const VEC hp = SFX(vload_n)(hp_tb + (t * B + b) * H + j0, nl);
+                    SFX(vstore_n)(dg_tb + (t * B + b) * GH + j0, drh * hp * r * (1 - r), nl);
+                    SFX(vstore)(carry + b * Hp + j0, SFX(vload)(carry + b * Hp + j0) + drh * r);
+                }
+            }
+        }
+    }
+}
+
+RF_CLONES void SFX(gru_bwd_worker)(const rf_ctx *c, int tid, int nt) {
+    rf_split sp;
+    rf_split_init(&sp, c->B, tid, nt);
+    for (rf_index s = c->T - 1; s >= -1; s--) {
+        SFX(gru_bwd_h)(c, s, &sp);
+        rf_sync(&sp);
+        if (c->mode != 1 && s >= 0) {
+            SFX(gru_bwd_r)(c, s, &sp);
+            rf_sync(&sp);
+        }
+    }
+}
+
+void SFX(rf_gru_backward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(gru_bwd_worker)); }

@@ -1,0 +1,138 @@
+/* Instantiates the kernels for float32 and float64 and holds what does not depend on the dtype:
+ * the thread split, the barrier, run-time SIMD dispatch. */
+#include <math.h>
+#include <string.h>
+#include "kernels.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define RF_INLINE inline __attribute__((always_inline))
+
+/* Each worker is compiled for AVX-512, AVX2+FMA and baseline x86-64; the loader picks one for this CPU
+ * (GCC function multi-versioning). Everything it calls is inlined into it, so the whole time loop runs in
+ * the chosen instruction set. Other compilers/architectures get the portable build only. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RNNFAST_NO_CLONES)
+#define RF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RF_CLONES
+#endif
+
+/* Work split of one call between threads, fixed for the whole sequence.
+ * batch split: each thread owns a range of batch rows for every step, with no synchronisation at all.
+ * hidden split: every thread works on all rows, owns a range of panel groups (hidden units), and the
+ * threads meet at a barrier after each phase; the only way to use several cores at small batch.
+ * Which thread computes an element never changes its value (see kernels.h). */
+typedef struct {
+    rf_index r_lo, r_hi;
+    int tid, nt, batch;
+} rf_split;
+
+#define RF_BATCH_ROWS_PER_THREAD 16
+
+static RF_INLINE void rf_split_init(rf_split *sp, rf_index B, int tid, int nt) {
+    sp->tid = tid;
+    sp->nt = nt;
+    sp->batch = nt == 1 || B >= (rf_index)RF_BATCH_ROWS_PER_THREAD * nt;
+    if (sp->batch && nt > 1) {
+        sp->r_lo = B * tid / nt;
+        sp->r_hi = B * (tid + 1) / nt;
+    } else {
+        sp->r_lo = 0;
+        sp->r_hi = B;
+    }
+}
+
+static RF_INLINE void rf_groups(const rf_split *sp, rf_index ngrp, rf_index *lo, rf_index *hi) {
+    if (sp->batch) {
+        *lo = 0;
+        *hi = ngrp;
+    } else {
+        *lo = ngrp * sp->tid / sp->nt;
+        *hi = ngrp * (sp->tid + 1) / sp->nt;
+    }
+}
+
+static RF_INLINE void rf_sync(const rf_split *sp) {
+    if (!sp->batch) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+    }
+}
+
+#ifdef _OPENMP
+#define RF_PARALLEL(c, worker)                                                  \
+    do {                                                                        \
+        int nt_ = (c)->n_threads > 0 ? (c)->n_threads : 1;                      \
+        if (nt_ == 1) {                                                         \
+            worker(c, 0, 1);                                                    \
+        } else {                                                                \
+            _Pragma("omp parallel num_threads(nt_)")                            \
+            worker(c, omp_get_thread_num(), omp_get_num_threads());             \
+        }                                                                       \
+    } while (0)
+#else
+#define RF_PARALLEL(c, worker) worker(c, 0, 1)
+#endif
+
+rf_index rf_pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, rf_index V) {
+    const rf_index nblk = (N + V - 1) / V, ngrp = (nblk + ub - 1) / ub;
+    return ngrp * K * Gs * ub * V;
+}
+
+int rf_openmp_enabled(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int rf_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+const char *rf_simd_path(void) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(RNNFAST_NO_CLONES)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
+    if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
+#endif
+    return "generic";
+}
+
+#define RF_ROUND(n) (((n) + V - 1) / V * V)
+#define RF_NGRP(n, ub) ((((n) + V - 1) / V + (ub) - 1) / (ub))
+
+/* ---- float32 ---- */
+#define REAL float
+#define V 16
+#define RF_IS_FLOAT 1
+#define SFX(name) name##_f32
+#include "common.h"
+#include "rnn.h"
+#include "lstm.h"
+#include "gru.h"
+int rf_lanes_f32(void) { return V; }
+#undef REAL
+#undef V
+#undef RF_IS_FLOAT
+#undef SFX
+#undef VEC
+#undef IVEC
+
+/* ---- float64 ---- */
+#define REAL double
+#define V 8
+#define RF_IS_FLOAT 0
+#define SFX(name) name##_f64
+#include "common.h"
+#include "rnn.h"
+#include "lstm.h"
+#include "gru.h"
+int rf_lanes_f64(void) { return V; }

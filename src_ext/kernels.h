@@ -1,0 +1,102 @@
+/* rnnfast compiled kernels: the time loops of RNN, LSTM and GRU, forward and backward.
+ *
+ * Everything here receives valid, C-contiguous data of one dtype; rnnfast/ops.py validates first.
+ * Notation as in the Python code: T steps, B batch rows, H hidden units, K = width of the recurrent state
+ * (H, or P for an LSTM with projection), G gates. "tb" arrays are (T, B, ...) in real time order.
+ *
+ * The per-step recurrent GEMM runs on weights packed once per call into panels (see pack_panels): a panel
+ * group holds NV vectors of V lanes for every reduction index k, so one register tile (R rows x NV vectors)
+ * accumulates all gates of `ub` blocks of V hidden units and the gate math runs on the accumulators.
+ * Every output element is a chain of FMAs over k in order 0..K-1, whatever tile or thread computes it, so
+ * results are bitwise independent of the thread count and of the split.
+ */
+#ifndef RNNFAST_KERNELS_H
+#define RNNFAST_KERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef int64_t rf_index;
+
+/* One context for all cells and both dtypes; pointers are float* or double* as the dtype says. Unused
+ * fields are NULL / 0. Sizes are 64-bit so that T*B*G*H beyond 2**31 indexes correctly. */
+typedef struct {
+    rf_index T, B, n_in, H, K, G;   /* n_in = I (the name I is taken by complex.h) */
+    int reverse;            /* process each row from its last valid step down to 0 */
+    int mode;               /* RNN: 0 tanh, 1 relu.  GRU: 1 reset_after (torch), 0 reset before */
+    int training;           /* keep what backward needs in the *_tb arrays */
+    int proj;               /* LSTM with projection (K = P < H) */
+    int n_threads;
+    const int64_t *lengths; /* (B,) valid steps per row, or NULL for T everywhere */
+
+    /* ---- forward inputs ---- */
+    const void *xw;         /* (T, B, G*H)  x @ w_ih^T, no bias */
+    const void *bias;       /* (G*H,) b_ih + b_hh folded (GRU reset_after: n part is b_in only), or NULL */
+    const void *b_hn;       /* (H,) GRU reset_after: b_hn, kept inside r * (W_hn h + b_hn); or NULL */
+    const void *peep;       /* (3, H) LSTM peephole p_i, p_f, p_o, or NULL */
+    const void *w_pack;     /* forward panels of w_hh (all G gates; GRU reset-before: r, z only) */
+    const void *w2_pack;    /* LSTM projection: panels of w_hr; GRU reset-before: panels of w_hn */
+    int ub, ub2;            /* unit blocks per panel group for w_pack / w2_pack */
+    const void *h0;         /* (B, K) */
+    const void *c0;         /* (B, H) */
+    void *y;                /* (T, B, K) output */
+    void *h_n;              /* (B, K) */
+    void *c_n;              /* (B, H) */
+
+    /* ---- saved for backward, (T, B, ...) in real time order; zero at padded steps ---- */
+    void *gates_tb;         /* (T, B, G*H) post-activation gates */
+    void *c_tb;             /* (T, B, H) LSTM c_t */
+    void *cprev_tb;         /* (T, B, H) LSTM c_{t-1} */
+    void *hprev_tb;         /* (T, B, K) recurrent input of step t */
+    void *m_tb;             /* (T, B, H) LSTM proj: o*tanh(c); GRU reset_after: W_hn h + b_hn; reset-before: r*h */
+
+    /* ---- backward ---- */
+    const void *dy;         /* (T, B, K) or NULL */
+    const void *dh_n;       /* (B, K) or NULL */
+    const void *dc_n;       /* (B, H) or NULL */
+    const void *wq_pack;    /* backward panels: w_hh^T (GRU reset-before: r, z rows only) */
+    const void *wq2_pack;   /* LSTM projection: panels of w_hr^T... (dm = dh @ w_hr); GRU reset-before: w_hn^T */
+    int uq, uq2;            /* unit blocks per group for wq_pack / wq2_pack */
+    void *dg_tb;            /* (T, B, G*H) gradient of the gate pre-activations (input side) */
+    void *dgh_tb;           /* (T, B, G*H) GRU reset_after: hidden-side gate gradients (n part times r) */
+    void *dhp_tb;           /* (T, B, P) LSTM projection: gradient of h_t (the projected state) */
+    void *dh0;              /* (B, K) out */
+    void *dc0;              /* (B, H) out */
+
+    /* ---- workspaces (allocated by the caller) ---- */
+    void *hbuf;             /* 2 * B * K: the recurrent state, ping-pong between steps */
+    void *cbuf;             /* B * Hp: LSTM cell state / backward carries (Hp = H rounded up to V) */
+    void *mbuf;             /* B * H: LSTM proj m, GRU reset-before r*h */
+    void *zero;             /* a zero row of max(G*H, K, H) + V elements */
+} rf_ctx;
+
+/* SIMD lanes per vector: the panel layout depends on it. */
+int rf_lanes_f32(void);
+int rf_lanes_f64(void);
+/* Name of the code path chosen at run time for this CPU ("avx512", "avx2", "generic"). */
+const char *rf_simd_path(void);
+int rf_openmp_enabled(void);
+int rf_max_threads(void);
+
+/* Packs a (Gs gates) x (N units) x (K reduction) operand into panel groups of ub unit blocks:
+ * element (g, j, k) = src[g*s_g + j*s_j + k*s_k]; returns nothing; dst must hold
+ * rf_pack_size(Gs, N, K, ub, V) elements. */
+rf_index rf_pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, rf_index V);
+void rf_pack_f32(const float *src, rf_index s_g, rf_index s_j, rf_index s_k,
+                 rf_index Gs, rf_index N, rf_index K, rf_index ub, float *dst);
+void rf_pack_f64(const double *src, rf_index s_g, rf_index s_j, rf_index s_k,
+                 rf_index Gs, rf_index N, rf_index K, rf_index ub, double *dst);
+
+void rf_rnn_forward_f32(const rf_ctx *c);
+void rf_rnn_forward_f64(const rf_ctx *c);
+void rf_rnn_backward_f32(const rf_ctx *c);
+void rf_rnn_backward_f64(const rf_ctx *c);
+void rf_lstm_forward_f32(const rf_ctx *c);
+void rf_lstm_forward_f64(const rf_ctx *c);
+void rf_lstm_backward_f32(const rf_ctx *c);
+void rf_lstm_backward_f64(const rf_ctx *c);
+void rf_gru_forward_f32(const rf_ctx *c);
+void rf_gru_forward_f64(const rf_ctx *c);
+void rf_gru_backward_f32(const rf_ctx *c);
+void rf_gru_backward_f64(const rf_ctx *c);
+
+#endif

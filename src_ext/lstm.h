@@ -1,0 +1,272 @@
+/* LSTM, gate order i, f, g, o (torch), optional projection h = w_hr (o * tanh c) and peephole
+ * (i, f see c_{t-1}; o sees c_t). Compiled once per dtype (see common.h). */
+
+/* Forward, gate phase for loop step s: GEMM of h_{s-1} with the w_hh panels, then the cell update on the
+ * accumulators. Without projection it writes h_s and y; with projection it leaves m = o*tanh(c) in mbuf. */
+static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+    const rf_index B = c->B, H = c->H, K = c->K, GH = 4 * H, Hp = RF_ROUND(H);
+    const int ub = c->ub, NV = 4 * ub, proj = c->proj;
+    const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * K;
+    REAL *hnext = (REAL *)c->hbuf + ((s + 1) & 1) * B * K;
+    REAL *cb = (REAL *)c->cbuf, *mb = (REAL *)c->mbuf, *y = (REAL *)c->y;
+    const REAL *xw = (const REAL *)c->xw, *bias = (const REAL *)c->bias, *peep = (const REAL *)c->peep;
+    const REAL *panel = (const REAL *)c->w_pack;
+    REAL *g_tb = (REAL *)c->gates_tb, *c_tb = (REAL *)c->c_tb, *cp_tb = (REAL *)c->cprev_tb;
+    REAL *hp_tb = (REAL *)c->hprev_tb, *m_tb = (REAL *)c->m_tb;
+    rf_index g_lo, g_hi;
+    rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
+    REAL out[4 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+        const REAL *A[8];
+        for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+            SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
+            for (int i = 0; i < nr; i++) {
+                const rf_index b = r0 + i;
+                rf_index t, len;
+                const int active = SFX(row_at)(c, s, b, &t, &len);
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    if (j0 >= H) break;
+                    const int nl = (int)(H - j0 < V ? H - j0 : V);
+                    if (!active) { /* padded step: state carries over, output and saves are 0 */
+                        if (!proj) {
+                            SFX(copy_n)(hnext + b * K + j0, hprev + b * K + j0, nl);
+                            SFX(zero_n)(y + (s * B + b) * K + j0, nl);
+                        }
+                        if (c->training) {
+                            for (int g = 0; g < 4; g++) SFX(zero_n)(g_tb + (s * B + b) * GH + g * H + j0, nl);
+                            SFX(zero_n)(c_tb + (s * B + b) * H + j0, nl);
+                            SFX(zero_n)(cp_tb + (s * B + b) * H + j0, nl);
+                            if (proj) SFX(zero_n)(m_tb + (s * B + b) * H + j0, nl);
+                            else SFX(zero_n)(hp_tb + (s * B + b) * K + j0, nl);
+                        }
+                        continue;
+                    }
+                    const REAL *acc = out + (i * NV + sb * 4) * V;
+                    const REAL *xr = xw + (t * B + b) * GH + j0;
+                    VEC pre[4];
+                    for (int g = 0; g < 4; g++) {
+                        pre[g] = SFX(vload)(acc + g * V) + SFX(vload_n)(xr + g * H, nl);
+                        if (bias) pre[g] += SFX(vload_n)(bias + g * H + j0, nl);
+                    }
+                    const VEC cp = SFX(vload)(cb + b * Hp + j0);
+                    if (peep) {
+                        pre[0] += SFX(vload_n)(peep + j0, nl) * cp;
+                        pre[1] += SFX(vload_n)(peep + H + j0, nl) * cp;
+                    }
+                    const VEC ig = SFX(vsigmoid)(pre[0]), fg = SFX(vsigmoid)(pre[1]);
+                    const VEC gg = SFX(vtanh)(pre[2]);
+                    const VEC cn = fg * cp + ig * gg;
+                    if (peep) pre[3] += SFX(vload_n)(peep + 2 * H + j0, nl) * cn;
+                    const VEC og = SFX(vsigmoid)(pre[3]);
+                    const VEC m = og * SFX(vtanh)(cn);
+                    SFX(vstore)(cb + b * Hp + j0, cn);
+                    if (proj) {
+                        SFX(vstore_n)(mb + b * H + j0, m, nl);
+                    } else {
+                        SFX(vstore_n)(hnext + b * K + j0, m, nl);
+                        SFX(vstore_n)(y + (t * B + b) * K + j0, m, nl);
+                    }
+                    if (c->training) {
+                        REAL *gs = g_tb + (t * B + b) * GH + j0;
+                        SFX(vstore_n)(gs, ig, nl);
+                        SFX(vstore_n)(gs + H, fg, nl);
+                        SFX(vstore_n)(gs + 2 * H, gg, nl);
+                        SFX(vstore_n)(gs + 3 * H, og, nl);
+                        SFX(vstore_n)(c_tb + (t * B + b) * H + j0, cn, nl);
+                        SFX(vstore_n)(cp_tb + (t * B + b) * H + j0, cp, nl);
+                        if (proj) SFX(vstore_n)(m_tb + (t * B + b) * H + j0, m, nl);
+                        else SFX(copy_n)(hp_tb + (t * B + b) * K + j0, hprev + b * K + j0, nl);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Forward, projection phase: h_s = m @ w_hr^T over blocks of the P outputs. */
+static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+    const rf_index B = c->B, H = c->H, K = c->K;
+    const int ub = c->ub2, NV = ub;
+    const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * K;
+    REAL *hnext = (REAL *)c->hbuf + ((s + 1) & 1) * B * K;
+    const REAL *mb = (const REAL *)c->mbuf, *panel = (const REAL *)c->w2_pack;
+    REAL *y = (REAL *)c->y, *hp_tb = (REAL *)c->hprev_tb;
+    rf_index g_lo, g_hi;
+    rf_groups(sp, RF_NGRP(K, ub), &g_lo, &g_hi);
+    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+        const REAL *A[8];
+        for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            for (int i = 0; i < nr; i++) {
+                const rf_index b = r0 + i;
+                rf_index t, len;
+                const int active = SFX(row_at)(c, s, b, &t, &len);
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index p0 = (grp * ub + sb) * V;
+                    if (p0 >= K) break;
+                    const int nl = (int)(K - p0 < V ? K - p0 : V);
+                    if (!active) {
+                        SFX(copy_n)(hnext + b * K + p0, hprev + b * K + p0, nl);
+                        SFX(zero_n)(y + (s * B + b) * K + p0, nl);
+                        if (c->training) SFX(zero_n)(hp_tb + (s * B + b) * K + p0, nl);
+                        continue;
+                    }
+                    const VEC h = SFX(vload)(out + (i * NV + sb) * V);
+                    SFX(vstore_n)(hnext + b * K + p0, h, nl);
+                    SFX(vstore_n)(y + (t * B + b) * K + p0, h, nl);
+                    if (c->training) SFX(copy_n)(hp_tb + (t * B + b) * K + p0, hprev + b * K + p0, nl);
+                }
+            }
+        }
+    }
+}
+
+RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt) {
+    rf_split sp;
+    rf_split_init(&sp, c->B, tid, nt);
+    for (rf_index s = 0; s < c->T; s++) {
+        SFX(lstm_fwd_gates)(c, s, &sp);
+        rf_sync(&sp);
+        if (c->proj) {
+            SFX(lstm_fwd_proj)(c, s, &sp);
+            rf_sync(&sp);
+        }
+    }
+}
+
+void SFX(rf_lstm_forward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(lstm_fwd_worker)); }
+
+/* Backward cell math for row b, units j0..j0+nl at real time t, given dh (gradient of m = o*tanh c, i.e.
+ * of h without projection). The dc carry lives in cbuf; at the row's last step it starts from dc_n. */
+static RF_INLINE void SFX(lstm_bwd_cell)(const rf_ctx *c, rf_index s, rf_index t, rf_index len,
+                                        rf_index b, rf_index j0, int nl, VEC dh) {
+    const rf_index B = c->B, H = c->H, GH = 4 * H, Hp = RF_ROUND(H);
+    const REAL *peep = (const REAL *)c->peep, *dc_n = (const REAL *)c->dc_n;
+    REAL *dcb = (REAL *)c->cbuf;
+    const REAL *gs = (const REAL *)c->gates_tb + (t * B + b) * GH + j0;
+    const VEC ig = SFX(vload_n)(gs, nl), fg = SFX(vload_n)(gs + H, nl);
+    const VEC gg = SFX(vload_n)(gs + 2 * H, nl), og = SFX(vload_n)(gs + 3 * H, nl);
+    const VEC cn = SFX(vload_n)((const REAL *)c->c_tb + (t * B + b) * H + j0, nl);
+    const VEC cp = SFX(vload_n)((const REAL *)c->cprev_tb + (t * B + b) * H + j0, nl);
+    VEC dc = s == len - 1 ? (dc_n ? SFX(vload_n)(dc_n + b * H + j0, nl) : SFX(vsplat)(0))
+                          : SFX(vload)(dcb + b * Hp + j0);
+    const VEC tc = SFX(vtanh)(cn);
+    const VEC do_pre = dh * tc * og * (1 - og);
+    dc += dh * og * (1 - tc * tc);
+    if (peep) dc += do_pre * SFX(vload_n)(peep + 2 * H + j0, nl);
+    const VEC di_pre = dc * gg * ig * (1 - ig);
+    const VEC df_pre = dc * cp * fg * (1 - fg);
+    const VEC dg_pre = dc * ig * (1 - gg * gg);
+    VEC dcp = dc * fg;
+    if (peep) dcp += di_pre * SFX(vload_n)(peep + j0, nl) + df_pre * SFX(vload_n)(peep + H + j0, nl);
+    SFX(vstore)(dcb + b * Hp + j0, dcp);
+    REAL *dg = (REAL *)c->dg_tb + (t * B + b) * GH + j0;
+    SFX(vstore_n)(dg, di_pre, nl);
+    SFX(vstore_n)(dg + H, df_pre, nl);
+    SFX(vstore_n)(dg + 2 * H, dg_pre, nl);
+    SFX(vstore_n)(dg + 3 * H, do_pre, nl);
+}
+
+/* Backward recurrent GEMM for loop step s (s = -1 gives dh0): dh_s = dg_{s+1} @ w_hh over blocks of the
+ * K outputs. Without projection the cell math follows on the accumulators; with it, dh_s (plus dy and
+ * dh_n) is stored in dhp_tb for the projection phase. */
+static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+    const rf_index B = c->B, H = c->H, K = c->K, GH = 4 * H;
+    const int ub = c->uq, NV = ub, proj = c->proj;
+    const REAL *dg_tb = (const REAL *)c->dg_tb, *zero = (const REAL *)c->zero;
+    const REAL *dy = (const REAL *)c->dy, *dh_n = (const REAL *)c->dh_n;
+    const REAL *panel = (const REAL *)c->wq_pack;
+    REAL *dhp_tb = (REAL *)c->dhp_tb, *dh0 = (REAL *)c->dh0;
+    rf_index g_lo, g_hi;
+    rf_groups(sp, RF_NGRP(K, ub), &g_lo, &g_hi);
+    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+        const REAL *A[8];
+        for (int i = 0; i < nr; i++) {
+            rf_index t1, len1;
+            const int act1 = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1);
+            A[i] = act1 ? dg_tb + (t1 * B + r0 + i) * GH : zero;
+        }
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+            SFX(gemm_tile)(nr, NV, A, GH, panel + grp * GH * NV * V, out);
+            for (int i = 0; i < nr; i++) {
+                const rf_index b = r0 + i;
+                rf_index t, len;
+                const int active = SFX(row_at)(c, s, b, &t, &len);
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index k0 = (grp * ub + sb) * V;
+                    if (k0 >= K) break;
+                    const int nl = (int)(K - k0 < V ? K - k0 : V);
+                    VEC dh = SFX(vload)(out + (i * NV + sb) * V);
+                    if (s == len - 1 && dh_n) dh += SFX(vload_n)(dh_n + b * K + k0, nl);
+                    if (s < 0) { SFX(vstore_n)(dh0 + b * K + k0, dh, nl); continue; }
+                    if (!active) {
+                        if (proj) SFX(zero_n)(dhp_tb + (s * B + b) * K + k0, nl);
+                        else for (int g = 0; g < 4; g++)
+                            SFX(zero_n)((REAL *)c->dg_tb + (s * B + b) * GH + g * H + k0, nl);
+                        continue;
+                    }
+                    if (dy) dh += SFX(vload_n)(dy + (t * B + b) * K + k0, nl);
+                    if (proj) SFX(vstore_n)(dhp_tb + (t * B + b) * K + k0, dh, nl);
+                    else SFX(lstm_bwd_cell)(c, s, t, len, b, k0, nl, dh);
+                }
+            }
+        }
+    }
+}
+
+/* Backward projection phase: dm = dh_s @ w_hr over blocks of H, then the cell math. */
+static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+    const rf_index B = c->B, H = c->H, K = c->K, GH = 4 * H;
+    const int ub = c->uq2, NV = ub;
+    const REAL *dhp_tb = (const REAL *)c->dhp_tb, *zero = (const REAL *)c->zero;
+    const REAL *panel = (const REAL *)c->wq2_pack;
+    rf_index g_lo, g_hi;
+    rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
+    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+        const REAL *A[8];
+        for (int i = 0; i < nr; i++) {
+            rf_index t, len;
+            A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dhp_tb + (t * B + r0 + i) * K : zero;
+        }
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+            SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
+            for (int i = 0; i < nr; i++) {
+                const rf_index b = r0 + i;
+                rf_index t, len;
+                const int active = SFX(row_at)(c, s, b, &t, &len);
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    if (j0 >= H) break;
+                    const int nl = (int)(H - j0 < V ? H - j0 : V);
+                    if (!active) {
+                        for (int g = 0; g < 4; g++)
+                            SFX(zero_n)((REAL *)c->dg_tb + (s * B + b) * GH + g * H + j0, nl);
+                        continue;
+                    }
+                    SFX(lstm_bwd_cell)(c, s, t, len, b, j0, nl, SFX(vload)(out + (i * NV + sb) * V));
+                }
+            }
+        }
+    }
+}
+
+RF_CLONES void SFX(lstm_bwd_worker)(const rf_ctx *c, int tid, int nt) {
+    rf_split sp;
+    rf_split_init(&sp, c->B, tid, nt);
+    for (rf_index s = c->T - 1; s >= -1; s--) {
+        SFX(lstm_bwd_rec)(c, s, &sp);
+        rf_sync(&sp);
+        if (c->proj && s >= 0) {
+            SFX(lstm_bwd_proj)(c, s, &sp);
+            rf_sync(&sp);
+        }
+    }
+}
+
+void SFX(rf_lstm_backward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(lstm_bwd_worker)); }
