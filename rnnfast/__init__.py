@@ -20,8 +20,8 @@ def __getattr__(name):
         from . import layers
         return getattr(layers, name)
     if name == "interop":
-        from . import interop
-        return interop
+        import importlib
+        return importlib.import_module(".interop", __name__)
     raise AttributeError(f"module 'rnnfast' has no attribute {name!r}")
 
 

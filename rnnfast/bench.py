@@ -497,14 +497,17 @@ ROW_TABLE = Table([
 ], n_text=4)
 
 
-def format_header(header, peak_gflops, gemm_name):
+def format_header(header):
+    """The environment block printed above the table."""
+    gemm = header["gemm"]
     lines = ["rnnfast benchmark  " + header["date"],
-             f"cpu        {header['cpu']}  ({header['usable_cpus']} usable of {header['logical_cpus']} logical cpus;"
-             f" flags: {' '.join(header['cpu_flags'] or ['?'])})",
+             f"cpu        {header['cpu']}  ({header['usable_cpus']} usable of {header['logical_cpus']} logical "
+             f"cpus; flags: {' '.join(header['cpu_flags'] or ['?'])})",
              f"python     {header['python']}  {header['platform']}",
              f"load       {_num(header['load_average'], '.2f')} (1-minute average before the run)",
              "versions   " + "  ".join(f"{k} {v}" for k, v in header["versions"].items() if v),
-             "threads    " + "  ".join(f"{k}={'default' if v is None else v}" for k, v in header["threads"].items())
+             "threads    " + "  ".join(f"{k}={'default' if v is None else v}"
+                                     for k, v in header["threads"].items())
              + f"  (requested: {header['threads_requested'] or 'none'})",
              "openmp     " + {True: "on", False: "off", None: "unknown"}[header["openmp"]],
              f"rnnfast    ops from {header['rnnfast_ops']}; simd path {header['simd'] or 'unknown'}"]
@@ -518,10 +521,12 @@ def format_header(header, peak_gflops, gemm_name):
     for name, info in header["impls"].items():
         if not info["available"]:
             lines.append(f"missing    {name}: {info['reason']}")
-    lines.append(f"peak       {gemm_name} {peak_gflops:.1f} GFLOP/s (numpy matmul n={header['gemm']['n']}, best of "
-                 f"{header['gemm']['reps']})")
+        elif "skipped" in info:
+            lines.append(f"skipped    {name}: {info['skipped']}")
+    lines.append(f"peak       {gemm['name']} {gemm['gflops']:.1f} GFLOP/s (numpy matmul n={gemm['n']}, "
+                 f"best of {gemm['reps']})")
     lines.append("columns    median of interleaved rounds; GFLOP/s with forward 2*T*B*(I+H)*G*H, training 3x; "
-                 f"peak % of the {gemm_name} peak; spread = (p75-p25)/median; "
+                 f"peak % of the {gemm['name']} peak; spread = (p75-p25)/median; "
                  "rnnfast x = this impl's ms / rnnfast's ms (>1: rnnfast faster); check vs rnnfast's output")
     for warning in header["warnings"]:
         lines.append("WARNING    " + warning)
@@ -596,15 +601,16 @@ def parse_args(argv=None):
         description="Time rnnfast, its numpy reference and the installed peers side by side (interleaved "
                     "rounds, medians), as ms, GFLOP/s and share of this machine's GEMM peak. For numbers worth "
                     "quoting: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m rnnfast.bench")
-    parser.add_argument("--cells", type=_csv(CELLS), default=list(CELLS), help="comma list (default: all)")
+    parser.add_argument("--cells", type=_csv(CELLS), default=list(CELLS), help=f"comma list of {','.join(CELLS)} (default: all)")
     parser.add_argument("--configs", type=_csv(tuple(CONFIGS)), default=None,
                         help=f"comma list of {', '.join(f'{k}{v}' for k, v in CONFIGS.items())} as (T,B,I,H) "
                              "(default: all; --quick: lat,mid)")
     parser.add_argument("--shape", type=_shape, default=None,
                         help="a custom T,B,I,H, run as config 'custom' (alone unless --configs is given too)")
-    parser.add_argument("--modes", type=_csv(MODES), default=list(MODES), help="comma list (default: both)")
+    parser.add_argument("--modes", type=_csv(MODES), default=list(MODES), help=f"comma list of {','.join(MODES)} (default: both)")
     parser.add_argument("--impls", type=_csv(tuple(IMPLS)), default=list(IMPLS),
-                        help="comma list (default: all; peers not installed are reported missing)")
+                        help=f"comma list of {','.join(IMPLS)} (default: all; peers not installed are reported "
+                             "missing)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for rnnfast, torch, onnxruntime (intra-op; inter-op 1) and the BLAS")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -649,6 +655,12 @@ def run(args, out=None):
     impls = detect_impls(args.impls)
     # Registry order, so rnnfast (when selected) is the baseline of the output check and comes first.
     running = [name for name in IMPLS if name in impls and impls[name]["available"]]
+    for name in running:
+        if args.dtype not in IMPLS[name].dtypes:
+            impls[name]["skipped"] = f"no {args.dtype} kernels"
+        elif not set(IMPLS[name].modes) & set(args.modes):
+            impls[name]["skipped"] = f"no {' or '.join(args.modes)} mode"
+    running = [name for name in running if "skipped" not in impls[name]]
     if args.threads is not None:
         for name in running:
             IMPLS[name].set_num_threads(args.threads)
@@ -660,27 +672,25 @@ def run(args, out=None):
     progress.clear()
     header.update(dtype=args.dtype, gemm={"name": gemm_name, "n": args.peak_size, "reps": args.peak_reps,
                                           "gflops": peak})
-    print(format_header(header, peak, gemm_name), file=out)
+    print(format_header(header), file=out)
     print("", file=out)
-    print(ROW_TABLE.header(), file=out, flush=True)
-
     rows = []
+    if not running:
+        print("nothing to run: none of the selected implementations is available for these options", file=out)
+        return {"header": header, "rows": rows}
+    print(ROW_TABLE.header(), file=out, flush=True)
     jobs = [(cell, config, mode) for cell in args.cells for config in args.config_shapes for mode in args.modes]
     job_index = 0
     for cell in args.cells:
         for config, shape in args.config_shapes.items():
-            users = [name for name in running
-                     if args.dtype in IMPLS[name].dtypes and set(IMPLS[name].modes) & set(args.modes)]
-            if not users:
-                continue
             progress.update(f"[{job_index + 1}/{len(jobs)}] {cell} {config} setup ...", force=True)
             data = make_inputs(cell, shape, args.dtype, args.seed)
-            setups = {name: IMPLS[name].setup(cell, data, args.threads) for name in users}
-            diffs = compare_outputs({name: setups[name]["inference"]() for name in users})
+            setups = {name: IMPLS[name].setup(cell, data, args.threads) for name in running}
+            diffs = compare_outputs({name: setups[name]["inference"]() for name in running})
             del data
             for mode in args.modes:
                 job_index += 1
-                calls = {name: setups[name][mode] for name in users if mode in setups[name]}
+                calls = {name: setups[name][mode] for name in running if mode in setups[name]}
                 if not calls:
                     continue
                 label = f"[{job_index}/{len(jobs)}] {cell} {config} {mode}"
@@ -745,7 +755,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.json}")
-    if args.plot:
+    if args.plot and result["rows"]:
         plot_rows(result["rows"], args.plot, result["header"]["gemm"]["gflops"], result["header"]["gemm"]["name"])
         print(f"wrote {args.plot}")
     bad = sorted({(r["cell"], r["config"], r["impl"]) for r in result["rows"] if r["agrees"] is False})

@@ -44,6 +44,8 @@ def _as_float_array(name, a, dtype=None):
             a = np.asarray(a)
         except Exception as e:  # ragged lists, objects numpy cannot take
             raise TypeError(f"{name}: expected a float32 or float64 array, got {type(a).__name__} ({e})") from None
+    if a.dtype.kind == "f" and a.dtype.itemsize in (4, 8) and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.dtype not in _FLOATS:
         raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
     if dtype is not None and a.dtype != dtype:
@@ -98,20 +100,26 @@ def _validate(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None, w_peep=None):
         raise TypeError(f"{'w_ih' if w_ih is None else 'w_hh'}: expected an array, got None")
     w_hr = _as_float_array("w_hr", w_hr, dtype)
     if w_hh.ndim != 2:
-        raise ValueError(f"w_hh: expected 2 dimensions (G*H, H), got shape {w_hh.shape}")
-    if w_hr is not None:
+        raise ValueError(f"w_hh: expected 2 dimensions ({'G*H, P' if w_hr is not None else 'G*H, H'}), "
+                         f"got shape {w_hh.shape}")
+    if w_hr is None:
+        H = K = w_hh.shape[1]
+        if H < 1:
+            raise ValueError(f"w_hh: expected shape (G*H, H) with hidden size >= 1, got {w_hh.shape}")
+        _check_shape("w_hh", w_hh, (G * H, H))
+    else:
         if w_hr.ndim != 2:
             raise ValueError(f"w_hr: expected 2 dimensions (P, H), got shape {w_hr.shape}")
-        P, H = w_hr.shape
-        if not 0 < P < H:
+        K, H = w_hr.shape
+        if not 0 < K < H:
             raise ValueError(f"w_hr: expected shape (P, H) with 0 < P < H, got {w_hr.shape}")
-        K = P
-    else:
-        H = w_hh.shape[1]
-        K = H
-    if H < 1:
-        raise ValueError(f"w_hh: expected a hidden size >= 1, got shape {w_hh.shape}")
-    _check_shape("w_hh", w_hh, (G * H, K))
+        if w_hh.shape != (G * H, K):
+            # Two witnesses against one: when w_hh agrees with w_ih, the odd one out is w_hr.
+            rows, P2 = w_hh.shape
+            if rows % G == 0 and rows == w_ih.shape[0] and 0 < P2 < rows // G:
+                raise ValueError(f"w_hr: expected shape {(P2, rows // G)} (P from w_hh, H from w_hh and "
+                                 f"w_ih), got {w_hr.shape}")
+            raise ValueError(f"w_hh: expected shape {(G * H, K)}, got {w_hh.shape}")
     _check_shape("w_ih", w_ih, (G * H, I))
     b_ih = _as_float_array("b_ih", b_ih, dtype)
     b_hh = _as_float_array("b_hh", b_hh, dtype)
@@ -141,14 +149,47 @@ def _pack(src, offset, s_g, s_j, s_k, Gs, N, K, dtype):
     return dst, ub
 
 
+# Below this many multiply-adds per recurrent step a second thread costs more in per-step
+# synchronisation than it saves (and on a loaded machine a barrier can wait a whole time slice).
+_MIN_STEP_WORK_PER_THREAD = 1 << 14
+
+
+def _threads(B, G, H, K):
+    n = get_num_threads()
+    return max(1, min(n, (B * G * H * K) // _MIN_STEP_WORK_PER_THREAD))
+
+
 def _round_up(n, V):
     return -(-n // V) * V
 
 
 class _Saved:
-    """What backward needs; opaque to users."""
+    """What backward needs; opaque to users. Holds private copies of x and the weights, so changing the
+    caller's arrays between forward and backward cannot change the gradients."""
     __slots__ = ("cell", "dtype", "T", "B", "I", "H", "K", "G", "mode", "reverse", "lengths", "x", "w_ih",
-                 "w_hh", "w_hr", "w_peep", "has_bias", "buffers", "h0_shape")
+                 "w_hh", "w_hr", "w_peep", "has_bias", "buffers")
+
+    def consistent(self):
+        """True when every array still has the shape and dtype the sizes say (a guard for the compiled
+        code against a saved object altered after the forward)."""
+        T, B, I, H, K, G = self.T, self.B, self.I, self.H, self.K, self.G
+        want = {"x": (T, B, I), "w_ih": (G * H, I), "w_hh": (G * H, K)}
+        if self.w_hr is not None:
+            want["w_hr"] = (K, H)
+        if self.w_peep is not None:
+            want["w_peep"] = (3, H)
+        arrays = [(getattr(self, n), shape) for n, shape in want.items()]
+        widths = {"gates_tb": G * H, "hprev_tb": K, "c_tb": H, "cprev_tb": H, "m_tb": H}
+        arrays += [(self.buffers.get(n), (T, B, widths[n])) for n in self.buffers]
+        for a, shape in arrays:
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != self.dtype \
+                    or not a.flags.c_contiguous:
+                return False
+        if self.lengths is not None and (not isinstance(self.lengths, np.ndarray) or self.lengths.shape != (B,)
+                                         or self.lengths.dtype != np.int64
+                                         or (B and (self.lengths.min() < 0 or self.lengths.max() > T))):
+            return False
+        return True
 
     def __repr__(self):
         return f"<rnnfast saved state for {self.cell} backward, T={self.T} B={self.B} H={self.H}>"
@@ -158,7 +199,15 @@ class _Saved:
 # forward
 
 
+def _private(a, user):
+    """a itself if it is already a private copy of the user's array, else a copy."""
+    if a is None or (a is not user and not np.may_share_memory(a, user)):
+        return a
+    return a.copy()
+
+
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, reverse, training, mode):
+    user = (x, w_ih, w_hh, w_hr, w_peep)
     dtype, T, B, I, H, K, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = _validate(
         cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep)
     reverse = _check_flag("reverse", reverse)
@@ -217,7 +266,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 bufs["m_tb"] = np.empty((T, B, H), dtype)
             a.update(bufs)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
-                     get_num_threads(), ub=ub, ub2=ub2)
+                     _threads(B, G, H, K), ub=ub, ub2=ub2)
         h_n = hbuf[T % 2].copy()
         if c_n is not None:
             c_n = cbuf[:, :H].copy()
@@ -226,7 +275,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         saved = _Saved()
         saved.cell, saved.dtype, saved.mode, saved.reverse, saved.lengths = cell, dtype, mode, reverse, lengths
         saved.T, saved.B, saved.I, saved.H, saved.K, saved.G = T, B, I, H, K, G
-        saved.x, saved.w_ih, saved.w_hh, saved.w_hr, saved.w_peep = x, w_ih, w_hh, w_hr, w_peep
+        saved.x, saved.w_ih, saved.w_hh, saved.w_hr, saved.w_peep = (
+            _private(a, u) if isinstance(u, np.ndarray) or a is None else _private(a, a)
+            for a, u in zip((x, w_ih, w_hh, w_hr, w_peep), user))
         saved.has_bias = (b_ih is not None, b_hh is not None)
         saved.buffers = bufs
     return y, h_n, c_n, saved
@@ -278,6 +329,8 @@ def _check_saved(saved, cell):
                         f"got {type(saved).__name__}")
     if saved.cell != cell:
         raise ValueError(f"saved: expected the state of a {cell} forward, got that of a {saved.cell} forward")
+    if not saved.consistent():
+        raise ValueError("saved: its arrays no longer match the forward call that made it (was it modified?)")
 
 
 def _backward(cell, dy, dh_n, dc_n, saved):
@@ -318,7 +371,7 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         if proj:
             a["dhp_tb"] = np.empty((T, B, K), dtype)
         _kernels.run(cell, True, dtype, a, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
-                     get_num_threads(), uq=uq, uq2=uq2)
+                     _threads(B, G, H, K), uq=uq, uq2=uq2)
         if dc0 is not None:
             keep = slice(None) if s.lengths is None else s.lengths > 0
             dc0[keep] = cbuf[keep, :H]

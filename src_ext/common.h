@@ -112,8 +112,10 @@ static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(
         return;                                                                     \
     }
 
-static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_index K,
-                                     const REAL *panel, REAL *out) {
+/* Out of line and multi-versioned on its own: inlining its 24 variants into every phase would multiply
+ * compile time without changing speed (a tile runs K iterations; the call is noise). */
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile)(int R, int NV, const REAL *const *A,
+                                                                          rf_index K, const REAL *panel, REAL *out) {
     switch (R * 8 + NV) {
         RF_TILE(1, 1) RF_TILE(2, 1) RF_TILE(3, 1) RF_TILE(4, 1)
         RF_TILE(5, 1) RF_TILE(6, 1) RF_TILE(7, 1) RF_TILE(8, 1)

@@ -8,6 +8,7 @@ Keras: against a numpy transcription of Keras' formulas in Keras' layout (always
 layers (KERAS_BACKEND=torch) where keras is installed.
 """
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -35,6 +36,15 @@ def randomize(layer, rng, scale=0.8):
     """Give every parameter random non-zero values (larger than the init, to exercise the gates)."""
     layer.load_state_dict({n: nonzero(rng, p.shape, scale) for n, p in layer.state_dict().items()})
     return layer
+
+
+def test_interop_is_reachable_from_the_package():
+    # In a fresh interpreter: both spellings load the submodule lazily.
+    code = ("import rnnfast; assert callable(rnnfast.interop.to_onnx); "
+            "from rnnfast import interop; assert interop is rnnfast.interop")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(rnnfast.__file__))))
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------- ONNX

@@ -158,14 +158,27 @@ def test_parameters_named_shaped_and_ordered_as_torch():
                [(n, p.shape) for n, p in layer.state_dict().items()]
 
 
-# ------------------------------------------------------------------------------------------------- finite differences
+# ---------------------------------------------------------------------------------- finite differences
 
-def _loss_and_grads(layer, x, hx, lengths, g_out, g_states, train=True):
-    """loss = <output, g_out> + sum <state_n, g_state>; with train also its gradients."""
+@pytest.fixture
+def one_thread():
+    """The finite-difference checks make thousands of tiny calls; results do not depend on the thread count
+    (test_non_contiguous_inputs_and_thread_count_give_identical_results), so they run on one thread."""
+    threads = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(1)
+    yield
+    rnnfast.set_num_threads(threads)
+
+
+def _loss(layer, x, hx, lengths, g_out, g_states, train):
+    """loss = <output, g_out> + sum <state_n, g_state>."""
     out, states = layer.forward(x, hx, lengths=lengths, train=train)
-    loss = float(np.sum(out * g_out)) + sum(float(np.sum(s * g)) for s, g in zip(as_tuple(states), g_states))
-    if not train:
-        return loss
+    return float(np.sum(out * g_out)) + sum(float(np.sum(s * g)) for s, g in zip(as_tuple(states), g_states))
+
+
+def _loss_and_grads(layer, x, hx, lengths, g_out, g_states):
+    """_loss of a training forward and its gradients (dx, dhx0 as a tuple, parameter gradients)."""
+    loss = _loss(layer, x, hx, lengths, g_out, g_states, train=True)
     d_hx = tuple(g_states) if layer._kind == "lstm" else g_states[0]
     layer.zero_grad()
     dx, dhx = layer.backward(g_out, d_hx)
@@ -185,7 +198,8 @@ def _finite_difference_check(make_layer, x, hx, lengths, rng):
     def loss_at(x_=x, hx_=hx, params=state):
         fresh = make_layer()
         fresh.load_state_dict(params)
-        return _loss_and_grads(fresh, x_, hx_, lengths, g_out, g_states, train=True)[0]
+        # A training forward (dropout on) without its backward.
+        return _loss(fresh, x_, hx_, lengths, g_out, g_states, train=fresh.dropout > 0)
 
     def numeric(array, evaluate):
         grad = np.zeros_like(array)
@@ -221,7 +235,7 @@ def _finite_difference_check(make_layer, x, hx, lengths, rng):
     ("gru", dict(reset_after=False, bias=False, batch_first=True)),
 ], ids=["peephole", "peephole-nobias-batch_first", "peephole-proj", "gru_reset_before",
         "gru_reset_before-nobias-batch_first"])
-def test_finite_differences_beyond_torch(kind, kw, rng):
+def test_finite_differences_beyond_torch(kind, kw, rng, one_thread):
     T, B, I, H = 4, 3, 2, 3
     make = lambda: LAYERS[kind](I, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=7, **kw)
     layer = make()
@@ -229,7 +243,7 @@ def test_finite_differences_beyond_torch(kind, kw, rng):
     _finite_difference_check(make, x, states_like(layer, rng, B), np.array([4, 1, 3]), rng)
 
 
-def test_finite_differences_with_dropout(rng):
+def test_finite_differences_with_dropout(rng, one_thread):
     # A fresh layer with the same seed draws the same masks: the loss is a smooth function of the weights.
     make = lambda: rnnfast.GRU(2, 3, num_layers=3, dropout=0.4, dtype=np.float64, seed=11)
     layer = make()

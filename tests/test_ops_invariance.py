@@ -1,0 +1,240 @@
+"""rnnfast.ops invariances: the thread count, the memory layout of the inputs (Fortran order, strided and
+transposed views, negative and zero strides, read-only arrays, Python lists) change no bit of any result;
+inputs are never modified and results never share memory with them; backward can be repeated."""
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast import ops
+from test_ops import CASES, FLOATS, GRAD_NAMES, OUT_NAMES, backward, d_outputs_for, forward, make_problem
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """1 thread unless a test sets more (fast on a busy machine); the count is restored afterwards."""
+    n = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(1)
+    yield
+    rnnfast.set_num_threads(n)
+
+
+def run(cell, a, kw, d, threads=None, **options):
+    """Forward (training) then backward with the output gradients d, with `threads` threads if given.
+    Returns (outputs, gradients) as tuples."""
+    if threads is not None:
+        rnnfast.set_num_threads(threads)
+    out, saved = forward(ops, cell, a, kw, training=True, **options)
+    return tuple(out), tuple(backward(ops, cell, d, saved, a))
+
+
+def assert_same_bits(results, expected, what):
+    """Every output and gradient of `results` equals that of `expected`: dtype, shape and every bit."""
+    (out, grads), (out_e, grads_e) = results, expected
+    for name, o, e in zip(OUT_NAMES["lstm"], out, out_e):
+        assert o.dtype == e.dtype and np.array_equal(o, e), f"{what}: {name} differs"
+    assert len(grads) == len(grads_e)
+    for name, g, e in zip(GRAD_NAMES["lstm"] if len(grads) > 6 else GRAD_NAMES["rnn"], grads, grads_e):
+        assert (g is None) == (e is None), name
+        if g is not None:
+            assert g.dtype == e.dtype and np.array_equal(g, e), f"{what}: {name} differs"
+
+
+# ------------------------------------------------------------------------------------ thread count
+
+# With n threads the kernels split batch rows when B >= 16 n, else hidden units (panel groups). B = 1, 3:
+# hidden split for 2 and 3 threads; B = 40: batch split for 2 threads, hidden split for 3; B = 64: batch
+# split for both. H = 72 (P = 71) gives at least 2 panel groups for every cell, dtype and phase, so every
+# thread gets work in the hidden split.
+@pytest.mark.parametrize("B", [1, 3, 40, 64])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_thread_count_changes_no_bit(rng, case, dtype, B):
+    T = 3
+    cell, a, kw = make_problem(rng, case, T, B, 5, 72, 71, dtype=dtype)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    lengths[-1] = 0 if B > 1 else T
+    reverse = B % 2 == 1
+    out, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
+    d = d_outputs_for(rng, out)
+    expected = run(cell, a, kw, d, threads=1, lengths=lengths, reverse=reverse)
+    for n in (2, 3):
+        assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths, reverse=reverse), expected,
+                         f"{n} threads vs 1")
+    # forward and backward with different thread counts
+    rnnfast.set_num_threads(3)
+    out3, saved3 = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse, training=True)
+    rnnfast.set_num_threads(1)
+    assert_same_bits((tuple(out3), tuple(backward(ops, cell, d, saved3, a))), expected, "forward 3, backward 1")
+
+
+# ------------------------------------------------------------------------------------ layouts
+
+def _fortran(v):
+    return np.asfortranarray(v)
+
+
+def _strided(v):
+    """A view of every other element of a larger array, along every axis."""
+    big = np.full(tuple(2 * n + 1 for n in v.shape), 7, v.dtype)
+    view = big[tuple(slice(1, None, 2) for _ in v.shape)]
+    view[...] = v
+    return view
+
+
+def _transposed(v):
+    """The same values as a transposed view of a C-contiguous array (axes reversed)."""
+    return np.ascontiguousarray(v.T).T if v.ndim > 1 else _negative(v)
+
+
+def _negative(v):
+    """Negative strides on every axis."""
+    flip = tuple(slice(None, None, -1) for _ in v.shape)
+    return np.ascontiguousarray(v[flip])[flip]
+
+
+def _readonly(v):
+    c = np.array(v)
+    c.flags.writeable = False
+    return c
+
+
+def _strided_readonly(v):
+    c = _strided(v)
+    c.flags.writeable = False
+    return c
+
+
+LAYOUTS = dict(fortran=_fortran, strided=_strided, transposed=_transposed, negative=_negative,
+               readonly=_readonly, strided_readonly=_strided_readonly)
+
+
+def _apply(f, a, d, lengths):
+    return {k: None if v is None else f(v) for k, v in a.items()}, [None if v is None else f(v) for v in d], f(lengths)
+
+
+def _copies(a, d):
+    return {k: None if v is None else np.array(v, copy=True) for k, v in a.items()}, [np.array(v) for v in d]
+
+
+def _assert_unmodified(a, d, copies, what):
+    a_c, d_c = copies
+    for k, v in a.items():
+        if v is not None:
+            assert np.array_equal(np.asarray(v), a_c[k]), f"{what}: {k} was modified"
+    for i, v in enumerate(d):
+        assert np.array_equal(np.asarray(v), d_c[i]), f"{what}: d_outputs[{i}] was modified"
+
+
+def _problem(rng, case, dtype):
+    T, B = 5, 4
+    cell, a, kw = make_problem(rng, case, T, B, 3, 9, 4, dtype=dtype)
+    lengths = np.array([5, 0, 2, 4])
+    out, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=True)
+    return cell, a, kw, d_outputs_for(rng, out), lengths
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_layout_of_every_argument_changes_no_bit(rng, case, dtype, layout):
+    """All arguments at once (x, h0, c0, weights, biases, w_hr, w_peep, lengths, dy, dh_n, dc_n) in the layout;
+    same bits as C-contiguous arrays, and the inputs unmodified after forward and backward."""
+    cell, a, kw, d, lengths = _problem(rng, case, dtype)
+    a_copies = _copies(a, d)
+    expected = run(cell, a, kw, d, lengths=lengths, reverse=True)
+    _assert_unmodified(a, d, a_copies, "C-contiguous")
+    a2, d2, lengths2 = _apply(LAYOUTS[layout], a, d, lengths)
+    if layout != "readonly":
+        assert not a2["x"].flags.c_contiguous and not a2["w_hh"].flags.c_contiguous
+    else:
+        assert not a2["x"].flags.writeable and not d2[0].flags.writeable
+    copies = _copies(a2, d2)
+    assert_same_bits(run(cell, a2, kw, d2, lengths=lengths2, reverse=True), expected, layout)
+    _assert_unmodified(a2, d2, copies, layout)
+    np.testing.assert_array_equal(lengths2, lengths)
+
+
+ARGS = ["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh", "lengths", "dy", "dh_n"]
+ARGS_LSTM = ARGS + ["c0", "w_hr", "w_peep", "dc_n"]
+
+
+@pytest.mark.parametrize("case, arg", [(c, arg) for c in ("rnn_relu", "gru_reset_before") for arg in ARGS]
+                         + [("lstm_proj_peep", arg) for arg in ARGS_LSTM])
+def test_each_argument_alone_strided_and_readonly(rng, case, arg):
+    """One argument at a time a strided read-only view (so that a mix of copied and uncopied arrays is met)."""
+    cell, a, kw, d, lengths = _problem(rng, case, np.float32)
+    expected = run(cell, a, kw, d, lengths=lengths, reverse=True)
+    a2, d2, lengths2 = dict(a), list(d), lengths
+    if arg in a:
+        a2[arg] = _strided_readonly(a[arg])
+    elif arg == "lengths":
+        lengths2 = _strided_readonly(lengths.astype(np.int32))
+    else:
+        i = ("dy", "dh_n", "dc_n").index(arg)
+        d2[i] = _strided_readonly(d[i])
+    copies = _copies(a2, d2)
+    assert_same_bits(run(cell, a2, kw, d2, lengths=lengths2, reverse=True), expected, f"{arg} strided read-only")
+    _assert_unmodified(a2, d2, copies, arg)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_zero_strides_broadcast_views(rng, case):
+    """np.broadcast_to views (zero strides, read-only) give the numbers of the materialised arrays."""
+    cell, a, kw, d, lengths = _problem(rng, case, np.float64)
+    a["h0"] = np.broadcast_to(a["h0"][:1], a["h0"].shape)
+    if cell == "lstm":
+        a["c0"] = np.broadcast_to(a["c0"][:, :1], a["c0"].shape)
+    d[0] = np.broadcast_to(d[0][:1], d[0].shape)
+    d[1] = np.broadcast_to(d[1][0], d[1].shape)
+    materialised = {k: None if v is None else np.array(v) for k, v in a.items()}
+    expected = run(cell, materialised, kw, [np.array(v) for v in d], lengths=lengths, reverse=True)
+    assert_same_bits(run(cell, a, kw, d, lengths=lengths, reverse=True), expected, "broadcast views")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_python_lists_are_accepted(rng, case):
+    """Lists (of Python floats: float64) for every array argument, lengths included."""
+    cell, a, kw, d, lengths = _problem(rng, case, np.float64)
+    expected = run(cell, a, kw, d, lengths=lengths, reverse=True)
+    a2 = {k: None if v is None else v.tolist() for k, v in a.items()}
+    out, saved = forward(ops, cell, a2, kw, training=True, lengths=lengths.tolist(), reverse=True)
+    grads = backward(ops, cell, [v.tolist() for v in d], saved, a)
+    assert_same_bits((tuple(out), tuple(grads)), expected, "lists")
+
+
+# ------------------------------------------------------------------------------------ aliasing, repetition
+
+@pytest.mark.parametrize("lengths", ["full", "some0", "all0", "T0"])
+@pytest.mark.parametrize("case", CASES)
+def test_results_never_share_memory_with_inputs(rng, case, lengths):
+    T = 0 if lengths == "T0" else 4
+    cell, a, kw = make_problem(rng, case, T, 3, 2, 5, 2)
+    lens = dict(full=None, some0=np.array([4, 0, 2]), all0=np.zeros(3, int), T0=None)[lengths]
+    out, saved = forward(ops, cell, a, kw, lengths=lens, training=True)
+    d = d_outputs_for(rng, out)
+    grads = backward(ops, cell, d, saved, a)
+    inputs = [v for v in a.values() if v is not None] + d
+    results = list(out) + [g for g in grads if g is not None]
+    for r in results:
+        assert not any(np.shares_memory(r, v) for v in inputs)
+    for i, r in enumerate(results):
+        assert not any(np.shares_memory(r, s) for s in results[i + 1:])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_backward_can_be_repeated_and_ignores_changes_to_outputs(rng, case):
+    """The saved state is not consumed by backward, and is not the returned y / h_n / c_n: writing into the
+    outputs or into the gradients of a first backward changes nothing in a second one."""
+    cell, a, kw, d, lengths = _problem(rng, case, np.float32)
+    out, saved = forward(ops, cell, a, kw, lengths=lengths, reverse=True, training=True)
+    first = tuple(np.array(g) if g is not None else None for g in backward(ops, cell, d, saved, a))
+    for o in out:
+        o[...] = np.nan
+    grads = backward(ops, cell, d, saved, a)
+    for g in grads:
+        if g is not None:
+            g[...] = np.nan
+    again = backward(ops, cell, d, saved, a)
+    for name, g, e in zip(GRAD_NAMES[cell], again, first):
+        assert (g is None) == (e is None) and (g is None or np.array_equal(g, e)), name
