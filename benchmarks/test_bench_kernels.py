@@ -22,7 +22,7 @@ def test_kernel(benchmark, bench_session, bench_env, cell, config, mode, impl):
         impl=impl, cell=cell, config=config, mode=mode, dtype=bench_session.dtype,
         T=T, B=B, I=I, H=H, G=bench.GATES[cell], flops=n_flops,
         env={key: bench_env[key] for key in ("cpu", "usable_cpus", "threads", "threads_requested", "openmp",
-                                             "rnnfast_ops", "blas", "versions", "env", "load_average",
+                                             "rnnfast_ops", "blas", "versions", "env", "cpu_busy_share",
                                              "warnings", "gemm_peak_gflops")})
     benchmark(call)
     stats = getattr(benchmark.stats, "stats", None) if benchmark.stats else None

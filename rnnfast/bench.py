@@ -44,12 +44,22 @@ AGREEMENT_ATOL = {"float32": 2e-3, "float64": 1e-8}
 # Environment variables that change which kernels or how many threads run; reported in the header.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
             "MKL_NUM_THREADS", "RNNFAST_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-# Time spent per implementation per row (after its warm-up) and the cap on rounds; --quick uses the second.
+# Per row and implementation: seconds of timed calls, the cap on timed calls, and the number of interleaved
+# rounds they are spread over; --quick uses the second values.
 BUDGET_S = {"full": 2.5, "quick": 0.25}
-MAX_ROUNDS = {"full": 100, "quick": 15}
+MAX_REPEATS = {"full": 100, "quick": 15}
+ROUNDS = {"full": 5, "quick": 3}
 PEAK_REPS = {"full": 5, "quick": 3}
-# A 1-minute load average above this before the run means other processes are busy on the machine.
-BUSY_LOAD = 0.75
+# Pause before each implementation's turn in a round. Idle worker threads of a thread pool keep spinning for a
+# while after a call (OpenBLAS ~0.1 s by default, OpenMP and ONNX Runtime less): on 2 cores, timing one
+# library right after another puts it next to the other's spinning threads, measured here to slow an OpenMP
+# team 2-5x. 0.15 s lets them all go to sleep first.
+COOLDOWN_S = 0.15
+# Calls cheaper than this get one untimed call after the pause (it wakes the implementation's own threads);
+# the timed calls that follow are back-to-back, as in a training or inference loop.
+SETTLE_CALL_MAX_S = 0.1
+# Share of all CPUs' time used by other processes, sampled just before the run, above which the header warns.
+BUSY_SHARE = 0.2
 
 
 def flops(cell, shape, mode):
@@ -287,6 +297,23 @@ def _load_average():
         return None
 
 
+def _cpu_busy_share(seconds=0.5):
+    """Share of all CPUs' time spent busy over `seconds` while this process sleeps (Linux /proc/stat; None
+    elsewhere): other processes' load right now, which the lagging load average does not tell."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)     # idle + iowait
+        return sum(values), idle
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def _dist_version(name):
     try:
         return importlib.metadata.version(name)
@@ -329,10 +356,10 @@ def environment(impls=None, threads=None):
         usable_cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         usable_cpus = os.cpu_count()
-    load = _load_average()
-    if load is not None and load >= BUSY_LOAD:
-        warnings.append(f"load average {load:.2f} before the run: other processes compete for the "
-                        f"{usable_cpus} cpus, and spinning thread pools (OpenMP, ONNX Runtime) suffer most "
+    busy = _cpu_busy_share()
+    if busy is not None and busy >= BUSY_SHARE:
+        warnings.append(f"the cpus were {100 * busy:.0f}% busy before the run: other processes compete for "
+                        f"the {usable_cpus} cpus, and multi-threaded runs (OpenMP teams above all) suffer most "
                         "from that; rerun on a quiet machine before quoting numbers")
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -341,7 +368,8 @@ def environment(impls=None, threads=None):
         "cpu_flags": _cpu_flags(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable_cpus,
-        "load_average": load,
+        "load_average": _load_average(),
+        "cpu_busy_share": busy,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads_requested": threads,
@@ -402,32 +430,43 @@ class Progress:
             self._width = 0
 
 
-def time_interleaved(calls, budget_s, max_rounds, fixed_rounds=None, status=lambda text, force=False: None):
-    """Time each callable of `calls` ({name: fn}); return {name: [seconds, ...]}.
+def time_interleaved(calls, budget_s, max_repeats, rounds, cooldown_s=COOLDOWN_S, repeats=None,
+                     status=lambda text, force=False: None):
+    """Time each callable of `calls` ({name: fn}); return {name: [seconds of one call, ...]}.
 
     One timed warm-up call per implementation estimates its cost; each then gets
-    min(max_rounds, budget_s / cost) rounds (at least 1), or exactly `fixed_rounds`. So a slow implementation
-    (the numpy reference on big training) is bounded by time while fast ones get many rounds. Round k times
-    every implementation that still needs samples once, starting at a rotated position.
+    min(max_repeats, budget_s / cost) timed calls (at least 1), or exactly `repeats`. So a slow implementation
+    (the numpy reference on big training) is bounded by time while fast ones get many samples.
+    The timed calls are spread over `rounds` interleaved rounds: round k visits every implementation once,
+    starting at a rotated position, so drift of a shared machine hits all alike. A visit is a pause of
+    `cooldown_s` (other libraries' spinning threads go to sleep), one untimed call if the call is cheap, then
+    that implementation's share of timed calls back to back.
     """
     names = list(calls)
-    rounds = {}
+    cost, wanted = {}, {}
     for name in names:
         status(f"{name} warm-up", force=True)
         start = time.perf_counter()
         calls[name]()
-        cost = time.perf_counter() - start
-        rounds[name] = fixed_rounds or max(1, min(max_rounds, int(budget_s / max(cost, 1e-9))))
+        cost[name] = time.perf_counter() - start
+        wanted[name] = repeats or max(1, min(max_repeats, int(budget_s / max(cost[name], 1e-9))))
+    n_rounds = max(1, min(rounds, max(wanted.values())))
+    per_visit = {name: -(-wanted[name] // n_rounds) for name in names}
     samples = {name: [] for name in names}
-    total_rounds = max(rounds.values())
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        for k in range(total_rounds):
+        for k in range(n_rounds):
             for name in names[k % len(names):] + names[:k % len(names)]:
-                if len(samples[name]) < rounds[name]:
-                    status(f"{name} round {len(samples[name]) + 1}/{rounds[name]}")
+                todo = min(per_visit[name], wanted[name] - len(samples[name]))
+                if todo <= 0:
+                    continue
+                status(f"{name} round {k + 1}/{n_rounds}")
+                time.sleep(cooldown_s)
+                if cost[name] < SETTLE_CALL_MAX_S:
+                    calls[name]()
+                for _ in range(todo):
                     start = time.perf_counter()
                     calls[name]()
                     samples[name].append(time.perf_counter() - start)
@@ -490,7 +529,7 @@ ROW_TABLE = Table([
     ("median ms", 10, lambda r: _num(r["ms"], ".3f")),
     ("GFLOP/s", 8, lambda r: _num(r["gflops"], ".2f")),
     ("peak %", 6, lambda r: _num(100 * r["peak_share"], ".1f")),
-    ("rounds", 6, lambda r: str(r["rounds"])),
+    ("calls", 5, lambda r: str(r["repeats"])),
     ("spread %", 8, lambda r: _num(r["spread"] and 100 * r["spread"], ".1f")),
     ("rnnfast x", 9, lambda r: _num(r["speedup_of_rnnfast"], ".2f")),
     ("check (max|dy|)", 16, lambda r: _check_text(r)),
@@ -504,7 +543,8 @@ def format_header(header):
              f"cpu        {header['cpu']}  ({header['usable_cpus']} usable of {header['logical_cpus']} logical "
              f"cpus; flags: {' '.join(header['cpu_flags'] or ['?'])})",
              f"python     {header['python']}  {header['platform']}",
-             f"load       {_num(header['load_average'], '.2f')} (1-minute average before the run)",
+             f"load       cpus {_num(header['cpu_busy_share'] and 100 * header['cpu_busy_share'], '.0f')}% busy "
+             f"just before the run; 1-minute load average {_num(header['load_average'], '.2f')}",
              "versions   " + "  ".join(f"{k} {v}" for k, v in header["versions"].items() if v),
              "threads    " + "  ".join(f"{k}={'default' if v is None else v}"
                                      for k, v in header["threads"].items())
@@ -525,7 +565,11 @@ def format_header(header):
             lines.append(f"skipped    {name}: {info['skipped']}")
     lines.append(f"peak       {gemm['name']} {gemm['gflops']:.1f} GFLOP/s (numpy matmul n={gemm['n']}, "
                  f"best of {gemm['reps']})")
-    lines.append("columns    median of interleaved rounds; GFLOP/s with forward 2*T*B*(I+H)*G*H, training 3x; "
+    timing = header["timing"]
+    lines.append(f"timing     {timing['rounds']} interleaved rounds, {timing['cooldown_s']} s pause before each "
+                 f"turn, up to {timing['max_repeats']} calls or {timing['budget_s']} s per implementation and row"
+                 + (f", exactly {timing['repeats']} calls" if timing["repeats"] else ""))
+    lines.append("columns    median of the timed calls; GFLOP/s with forward 2*T*B*(I+H)*G*H, training 3x; "
                  f"peak % of the {gemm['name']} peak; spread = (p75-p25)/median; "
                  "rnnfast x = this impl's ms / rnnfast's ms (>1: rnnfast faster); check vs rnnfast's output")
     for warning in header["warnings"]:
@@ -601,24 +645,32 @@ def parse_args(argv=None):
         description="Time rnnfast, its numpy reference and the installed peers side by side (interleaved "
                     "rounds, medians), as ms, GFLOP/s and share of this machine's GEMM peak. For numbers worth "
                     "quoting: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m rnnfast.bench")
-    parser.add_argument("--cells", type=_csv(CELLS), default=list(CELLS), help=f"comma list of {','.join(CELLS)} (default: all)")
+    parser.add_argument("--cells", type=_csv(CELLS), default=list(CELLS),
+                        help=f"comma list of {','.join(CELLS)} (default: all)")
     parser.add_argument("--configs", type=_csv(tuple(CONFIGS)), default=None,
                         help=f"comma list of {', '.join(f'{k}{v}' for k, v in CONFIGS.items())} as (T,B,I,H) "
                              "(default: all; --quick: lat,mid)")
     parser.add_argument("--shape", type=_shape, default=None,
                         help="a custom T,B,I,H, run as config 'custom' (alone unless --configs is given too)")
-    parser.add_argument("--modes", type=_csv(MODES), default=list(MODES), help=f"comma list of {','.join(MODES)} (default: both)")
+    parser.add_argument("--modes", type=_csv(MODES), default=list(MODES),
+                        help=f"comma list of {','.join(MODES)} (default: both)")
     parser.add_argument("--impls", type=_csv(tuple(IMPLS)), default=list(IMPLS),
                         help=f"comma list of {','.join(IMPLS)} (default: all; peers not installed are reported "
                              "missing)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for rnnfast, torch, onnxruntime (intra-op; inter-op 1) and the BLAS")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--quick", action="store_true", help="configs lat,mid and few rounds: under a minute")
+    parser.add_argument("--quick", action="store_true", help="configs lat,mid and fewer calls: under a minute")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timing per implementation per row (default: 2.5; --quick: 0.25)")
-    parser.add_argument("--max-rounds", type=int, default=None, help="cap on rounds (default: 100; --quick: 15)")
-    parser.add_argument("--rounds", type=int, default=None, help="exactly this many rounds (no adaptation)")
+    parser.add_argument("--max-repeats", type=int, default=None,
+                        help="cap on timed calls per implementation per row (default: 100; --quick: 15)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="exactly this many timed calls per implementation per row (no adaptation)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds the timed calls are spread over (default: 5; --quick: 3)")
+    parser.add_argument("--cooldown", type=float, default=COOLDOWN_S,
+                        help=f"seconds of pause before each implementation's turn (default: {COOLDOWN_S})")
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n GEMM peak measurement")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights")
     parser.add_argument("--json", metavar="PATH", help="write {'header': ..., 'rows': [...]} to PATH")
@@ -627,8 +679,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
-    if args.rounds is not None and args.rounds < 1:
-        parser.error("--rounds must be >= 1")
+    for option in ("repeats", "rounds", "max_repeats"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1")
+    if args.cooldown < 0:
+        parser.error("--cooldown must be >= 0")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -643,7 +698,8 @@ def parse_args(argv=None):
     args.config_shapes = configs
     speed = "quick" if args.quick else "full"
     args.budget = BUDGET_S[speed] if args.budget is None else args.budget
-    args.max_rounds = MAX_ROUNDS[speed] if args.max_rounds is None else args.max_rounds
+    args.max_repeats = MAX_REPEATS[speed] if args.max_repeats is None else args.max_repeats
+    args.rounds = ROUNDS[speed] if args.rounds is None else args.rounds
     args.peak_reps = PEAK_REPS[speed]
     return args
 
@@ -671,7 +727,9 @@ def run(args, out=None):
     peak = measure_gemm_peak(args.dtype, args.peak_size, args.peak_reps)
     progress.clear()
     header.update(dtype=args.dtype, gemm={"name": gemm_name, "n": args.peak_size, "reps": args.peak_reps,
-                                          "gflops": peak})
+                                          "gflops": peak},
+                  timing={"budget_s": args.budget, "max_repeats": args.max_repeats, "repeats": args.repeats,
+                          "rounds": args.rounds, "cooldown_s": args.cooldown})
     print(format_header(header), file=out)
     print("", file=out)
     rows = []
@@ -695,7 +753,7 @@ def run(args, out=None):
                     continue
                 label = f"[{job_index}/{len(jobs)}] {cell} {config} {mode}"
                 samples = time_interleaved(
-                    calls, args.budget, args.max_rounds, args.rounds,
+                    calls, args.budget, args.max_repeats, args.rounds, args.cooldown, args.repeats,
                     status=lambda text, force=False: progress.update(f"{label} {text}", force))
                 new_rows = make_rows(cell, config, shape, mode, args.dtype, samples, diffs, peak)
                 progress.clear()
@@ -731,7 +789,7 @@ def make_rows(cell, config, shape, mode, dtype, samples, diffs, peak_gflops):
                "ms": seconds * 1e3, "gflops": n_flops / seconds / 1e9,
                "peak_share": n_flops / seconds / 1e9 / peak_gflops,
                "T": T, "B": B, "I": I, "H": H, "G": GATES[cell], "flops": n_flops,
-               "rounds": len(times), "min_ms": min(times) * 1e3,
+               "repeats": len(times), "min_ms": min(times) * 1e3,
                "spread": (quartiles[2] - quartiles[0]) / seconds if len(times) > 1 else None,
                "times_ms": [t * 1e3 for t in times],
                "speedup_of_rnnfast": seconds / rnnfast_s if rnnfast_s else None,

@@ -127,19 +127,34 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile)(in
     }
 }
 
+/* A blocked transpose: 16 k at a time, so that whichever of s_j, s_k is the unit stride, the reads walk
+ * along cache lines and the 16 x V tile being written stays in L1. */
 void SFX(rf_pack)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k,
                   rf_index Gs, rf_index N, rf_index K, rf_index ub, REAL *dst) {
-    const rf_index nblk = (N + V - 1) / V, ngrp = (nblk + ub - 1) / ub, NV = Gs * ub;
+    const rf_index nblk = (N + V - 1) / V, ngrp = (nblk + ub - 1) / ub, NV = Gs * ub, KB = 16;
     for (rf_index grp = 0; grp < ngrp; grp++)
-        for (rf_index k = 0; k < K; k++)
-            for (rf_index sb = 0; sb < ub; sb++)
-                for (rf_index g = 0; g < Gs; g++) {
-                    REAL *d = dst + ((grp * K + k) * NV + sb * Gs + g) * V;
-                    for (rf_index lane = 0; lane < V; lane++) {
-                        rf_index j = (grp * ub + sb) * V + lane;
-                        d[lane] = j < N ? src[g * s_g + j * s_j + k * s_k] : (REAL)0;
+        for (rf_index sb = 0; sb < ub; sb++)
+            for (rf_index g = 0; g < Gs; g++) {
+                const rf_index j0 = (grp * ub + sb) * V;
+                const int nl = (int)(j0 >= N ? 0 : (N - j0 < V ? N - j0 : V));
+                REAL *d0 = dst + (grp * K * NV + sb * Gs + g) * V;
+                for (rf_index k0 = 0; k0 < K; k0 += KB) {
+                    const rf_index kn = K - k0 < KB ? K - k0 : KB;
+                    if (s_k == 1) {
+                        for (int lane = 0; lane < V; lane++) {
+                            const REAL *sp = src + g * s_g + (j0 + lane) * s_j + k0;
+                            for (rf_index kk = 0; kk < kn; kk++)
+                                d0[(k0 + kk) * NV * V + lane] = lane < nl ? sp[kk] : (REAL)0;
+                        }
+                    } else {
+                        for (rf_index kk = 0; kk < kn; kk++) {
+                            const REAL *sp = src + g * s_g + j0 * s_j + (k0 + kk) * s_k;
+                            REAL *dp = d0 + (k0 + kk) * NV * V;
+                            for (int lane = 0; lane < V; lane++) dp[lane] = lane < nl ? sp[lane * s_j] : (REAL)0;
+                        }
                     }
                 }
+            }
 }
 
 /* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it

@@ -126,9 +126,9 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
     }
 }
 
-RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt) {
+RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt);
+    rf_split_init(&sp, c->B, tid, nt, bar);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(gru_fwd_rz)(c, s, &sp);
         rf_sync(&sp);
@@ -246,9 +246,9 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
     }
 }
 
-RF_CLONES void SFX(gru_bwd_worker)(const rf_ctx *c, int tid, int nt) {
+RF_CLONES void SFX(gru_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt);
+    rf_split_init(&sp, c->B, tid, nt, bar);
     for (rf_index s = c->T - 1; s >= -1; s--) {
         SFX(gru_bwd_h)(c, s, &sp);
         rf_sync(&sp);

@@ -1,6 +1,7 @@
 /* Instantiates the kernels for float32 and float64 and holds what does not depend on the dtype:
  * the thread split, the barrier, run-time SIMD dispatch. */
 #include <math.h>
+#include <sched.h>
 #include <string.h>
 #include "kernels.h"
 #ifdef _OPENMP
@@ -23,16 +24,48 @@
  * hidden split: every thread works on all rows, owns a range of panel groups (hidden units), and the
  * threads meet at a barrier after each phase; the only way to use several cores at small batch.
  * Which thread computes an element never changes its value (see kernels.h). */
+/* The per-step barrier of the hidden split: sense-reversing, spinning briefly (a balanced step waits well
+ * under a microsecond) and then yielding the CPU, so that on a loaded or oversubscribed machine a waiting
+ * thread hands its core to the thread it waits for instead of burning a whole time slice. */
+typedef struct {
+    int count, sense;
+} rf_barrier;
+
+#define RF_SPINS_BEFORE_YIELD 2000
+
+static inline void rf_barrier_wait(rf_barrier *b, int nt, int *local_sense) {
+    const int s = !*local_sense;
+    *local_sense = s;
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == nt) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->sense, s, __ATOMIC_RELEASE);
+        return;
+    }
+    for (int spins = 0; __atomic_load_n(&b->sense, __ATOMIC_ACQUIRE) != s;) {
+        if (spins < RF_SPINS_BEFORE_YIELD) {
+            spins++;
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
+
 typedef struct {
     rf_index r_lo, r_hi;
-    int tid, nt, batch;
+    int tid, nt, batch, sense;
+    rf_barrier *barrier;
 } rf_split;
 
 #define RF_BATCH_ROWS_PER_THREAD 16
 
-static RF_INLINE void rf_split_init(rf_split *sp, rf_index B, int tid, int nt) {
+static RF_INLINE void rf_split_init(rf_split *sp, rf_index B, int tid, int nt, rf_barrier *barrier) {
     sp->tid = tid;
     sp->nt = nt;
+    sp->sense = 0;
+    sp->barrier = barrier;
     sp->batch = nt == 1 || B >= (rf_index)RF_BATCH_ROWS_PER_THREAD * nt;
     if (sp->batch && nt > 1) {
         sp->r_lo = B * tid / nt;
@@ -53,27 +86,30 @@ static RF_INLINE void rf_groups(const rf_split *sp, rf_index ngrp, rf_index *lo,
     }
 }
 
-static RF_INLINE void rf_sync(const rf_split *sp) {
-    if (!sp->batch) {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-    }
+static RF_INLINE void rf_sync(rf_split *sp) {
+    if (!sp->batch) rf_barrier_wait(sp->barrier, sp->nt, &sp->sense);
 }
 
+/* One parallel region around the whole time loop. The team size is read inside the region (the runtime
+ * may give fewer threads than asked). */
 #ifdef _OPENMP
 #define RF_PARALLEL(c, worker)                                                  \
     do {                                                                        \
         int nt_ = (c)->n_threads > 0 ? (c)->n_threads : 1;                      \
+        rf_barrier bar_ = {0, 0};                                               \
         if (nt_ == 1) {                                                         \
-            worker(c, 0, 1);                                                    \
+            worker(c, 0, 1, &bar_);                                             \
         } else {                                                                \
-            _Pragma("omp parallel num_threads(nt_)")                            \
-            worker(c, omp_get_thread_num(), omp_get_num_threads());             \
+            _Pragma("omp parallel num_threads(nt_) shared(bar_)")               \
+            worker(c, omp_get_thread_num(), omp_get_num_threads(), &bar_);     \
         }                                                                       \
     } while (0)
 #else
-#define RF_PARALLEL(c, worker) worker(c, 0, 1)
+#define RF_PARALLEL(c, worker)                                                  \
+    do {                                                                        \
+        rf_barrier bar_ = {0, 0};                                               \
+        worker(c, 0, 1, &bar_);                                                 \
+    } while (0)
 #endif
 
 rf_index rf_pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, rf_index V) {

@@ -125,9 +125,9 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
     }
 }
 
-RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt) {
+RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt);
+    rf_split_init(&sp, c->B, tid, nt, bar);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(lstm_fwd_gates)(c, s, &sp);
         rf_sync(&sp);
@@ -256,9 +256,9 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
     }
 }
 
-RF_CLONES void SFX(lstm_bwd_worker)(const rf_ctx *c, int tid, int nt) {
+RF_CLONES void SFX(lstm_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt);
+    rf_split_init(&sp, c->B, tid, nt, bar);
     for (rf_index s = c->T - 1; s >= -1; s--) {
         SFX(lstm_bwd_rec)(c, s, &sp);
         rf_sync(&sp);

@@ -49,9 +49,9 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
     }
 }
 
-RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt) {
+RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt);
+    rf_split_init(&sp, c->B, tid, nt, bar);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(rnn_fwd_step)(c, s, &sp);
         rf_sync(&sp);
@@ -101,9 +101,9 @@ static RF_INLINE void SFX(rnn_bwd_step)(const rf_ctx *c, rf_index s, const rf_sp
     }
 }
 
-RF_CLONES void SFX(rnn_bwd_worker)(const rf_ctx *c, int tid, int nt) {
+RF_CLONES void SFX(rnn_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt);
+    rf_split_init(&sp, c->B, tid, nt, bar);
     for (rf_index s = c->T - 1; s >= -1; s--) {
         SFX(rnn_bwd_step)(c, s, &sp);
         rf_sync(&sp);

@@ -43,7 +43,7 @@ def test_standard_configs_are_the_contract():
 
 REQUIRED_ROW_KEYS = {"impl": str, "cell": str, "config": str, "mode": str, "dtype": str,
                      "ms": float, "gflops": float, "peak_share": float}
-TINY = "--shape 3,2,4,5 --rounds 2 --peak-size 64 --quiet".split()
+TINY = "--shape 3,2,4,5 --repeats 2 --rounds 2 --cooldown 0 --peak-size 64 --quiet".split()
 
 
 def _run(tmp_path, *extra):
@@ -74,7 +74,7 @@ def test_json_document(tmp_path, capsys, dtype):
         assert row["config"] == "custom" and row["dtype"] == dtype
         assert (row["T"], row["B"], row["I"], row["H"]) == (3, 2, 4, 5)
         assert row["flops"] == bench.flops(row["cell"], (3, 2, 4, 5), row["mode"])
-        assert row["ms"] > 0 and row["rounds"] == 2 and len(row["times_ms"]) == 2
+        assert row["ms"] > 0 and row["repeats"] == 2 and len(row["times_ms"]) == 2
         assert row["gflops"] == pytest.approx(row["flops"] / row["ms"] / 1e6)
         assert row["peak_share"] == pytest.approx(row["gflops"] / header["gemm"]["gflops"])
         assert row["agrees"] is True
