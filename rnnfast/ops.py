@@ -226,8 +226,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
     y = np.empty((T, B, K), dtype)
     bufs = {}
     if T and B:
-        xw = np.empty((T, B, GH), dtype)
-        np.matmul(x.reshape(T * B, I), w_ih.T, out=xw.reshape(T * B, GH))
+        xw = np.empty((T, B, GH), dtype)  # filled inside the kernel's parallel region
+        wih_pack, uih = _pack(w_ih, 0, H * I, I, 1, G, H, I, dtype)
         # Biases outside the nonlinearity are folded into one vector; GRU reset_after keeps b_hn apart,
         # since it sits inside r * (W_hn h + b_hn).
         bias = b_hn = None
@@ -253,7 +253,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         cbuf = np.zeros((B, _round_up(H, V)), dtype)
         if c_n is not None:
             cbuf[:, :H] = c_n
-        a = dict(xw=xw, bias=bias, b_hn=b_hn, peep=w_peep, w_pack=w_pack, w2_pack=w2_pack, y=y,
+        a = dict(x=x, wih_pack=wih_pack, xw=xw, bias=bias, b_hn=b_hn, peep=w_peep, w_pack=w_pack, w2_pack=w2_pack, y=y,
                  hbuf=hbuf, cbuf=cbuf, lengths=lengths,
                  mbuf=np.zeros((B, H), dtype) if (proj or (cell == "gru" and not after)) else None)
         if training:
@@ -266,7 +266,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 bufs["m_tb"] = np.empty((T, B, H), dtype)
             a.update(bufs)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
-                     _threads(B, G, H, K), ub=ub, ub2=ub2)
+                     _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih)
         h_n = hbuf[T % 2].copy()
         if c_n is not None:
             c_n = cbuf[:, :H].copy()
@@ -364,21 +364,24 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         elif cell == "gru" and not after:
             wq2_pack, uq2 = _pack(s.w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype)
         cbuf = np.zeros((B, _round_up(H, V)), dtype)
-        a = dict(s.buffers, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, wq_pack=wq_pack, wq2_pack=wq2_pack, dg_tb=dg_tb,
+        dx = np.empty((T, B, I), dtype)
+        wihq_pack, uihq = _pack(s.w_ih, 0, 0, 1, I, 1, I, GH, dtype)
+        a = dict(s.buffers, dx=dx, wihq_pack=wihq_pack, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, wq_pack=wq_pack, wq2_pack=wq2_pack, dg_tb=dg_tb,
                  dh0=dh0, cbuf=cbuf, lengths=s.lengths, zero=np.zeros(max(GH, K, H) + V, dtype))
         if after:
             a["dgh_tb"] = np.empty((T, B, GH), dtype)
         if proj:
             a["dhp_tb"] = np.empty((T, B, K), dtype)
         _kernels.run(cell, True, dtype, a, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
-                     _threads(B, G, H, K), uq=uq, uq2=uq2)
+                     _threads(B, G, H, K), uq=uq, uq2=uq2, uihq=uihq)
         if dc0 is not None:
             keep = slice(None) if s.lengths is None else s.lengths > 0
             dc0[keep] = cbuf[keep, :H]
     # Whole-sequence GEMMs after the loop, at BLAS speed.
     N = T * B
     dg = dg_tb.reshape(N, GH)
-    dx = (dg @ s.w_ih).reshape(T, B, I)
+    if not a:
+        dx = np.zeros((T, B, I), dtype)
     dw_ih = dg.T @ s.x.reshape(N, I)
     hprev = a["hprev_tb"].reshape(N, K) if a else np.zeros((N, K), dtype)
     if after:

@@ -13,7 +13,10 @@ cdef extern from "kernels.h" nogil:
         rf_index T, B, n_in, H, K, G
         int reverse, mode, training, proj, n_threads
         const int64_t *lengths
-        const void *xw
+        const void *x
+        const void *wih_pack
+        int uih
+        void *xw
         const void *bias
         const void *b_hn
         const void *peep
@@ -40,6 +43,9 @@ cdef extern from "kernels.h" nogil:
         void *dgh_tb
         void *dhp_tb
         void *dh0
+        void *dx
+        const void *wihq_pack
+        int uihq
         void *dc0
         void *hbuf
         void *cbuf
@@ -129,16 +135,18 @@ def pack(cnp.ndarray src, rf_index offset, rf_index s_g, rf_index s_j, rf_index 
 
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
-        int ub=1, int ub2=1, int uq=1, int uq2=1):
+        int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1):
     """Run one time loop. `a` maps the rf_ctx pointer field names to arrays (or None); every array must
     already have its documented shape (rnnfast/ops.py guarantees it)."""
     cdef rf_ctx c
     cdef int typenum = cnp.NPY_FLOAT32 if cnp.dtype(dtype).itemsize == 4 else cnp.NPY_FLOAT64
     c.T = T; c.B = B; c.n_in = I; c.H = H; c.K = K; c.G = G
     c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
-    c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2
+    c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2; c.uih = uih; c.uihq = uihq
     lengths = a.get("lengths")
     c.lengths = <const int64_t *>_ptr(lengths, cnp.NPY_INT64, "lengths")
+    c.x = _ptr(a.get("x"), typenum, "x")
+    c.wih_pack = _ptr(a.get("wih_pack"), typenum, "wih_pack")
     c.xw = _ptr(a.get("xw"), typenum, "xw")
     c.bias = _ptr(a.get("bias"), typenum, "bias")
     c.b_hn = _ptr(a.get("b_hn"), typenum, "b_hn")
@@ -164,6 +172,8 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.dgh_tb = _ptr(a.get("dgh_tb"), typenum, "dgh_tb")
     c.dhp_tb = _ptr(a.get("dhp_tb"), typenum, "dhp_tb")
     c.dh0 = _ptr(a.get("dh0"), typenum, "dh0")
+    c.dx = _ptr(a.get("dx"), typenum, "dx")
+    c.wihq_pack = _ptr(a.get("wihq_pack"), typenum, "wihq_pack")
     c.dc0 = _ptr(a.get("dc0"), typenum, "dc0")
     c.hbuf = _ptr(a.get("hbuf"), typenum, "hbuf")
     c.cbuf = _ptr(a.get("cbuf"), typenum, "cbuf")

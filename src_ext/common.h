@@ -169,3 +169,45 @@ static RF_INLINE int SFX(row_at)(const rf_ctx *c, rf_index s, rf_index b, rf_ind
 #define RF_TILE_ROWS(r_lo, r_hi, NV, r0, nr)                                   \
     for (rf_index r0 = (r_lo); r0 < (r_hi); r0 += RF_RMAX(NV))                 \
         for (int nr = (int)((r_hi) - r0 < RF_RMAX(NV) ? (r_hi) - r0 : RF_RMAX(NV)); nr > 0; nr = 0)
+
+/* The whole-sequence GEMMs that bracket the time loop run in the same parallel region, on the same tiles:
+ * out[n, :] = A[n, :K] @ panels for the T*B rows n, split between threads by rows. No BLAS thread pool
+ * ever runs between (or, worse, spins beside) the kernel's own threads. Gs gates of N units per row are
+ * written to out[n, g*N + j] (the natural torch layout), the tails masked. */
+static RF_INLINE void SFX(rows_gemm)(const rf_split *sp, rf_index rows, const REAL *A, rf_index lda, rf_index K,
+                                     const REAL *panel, int Gs, int ub, rf_index N, REAL *out, rf_index ldo) {
+    const int NV = Gs * ub;
+    const rf_index n_lo = rows * sp->tid / sp->nt, n_hi = rows * (sp->tid + 1) / sp->nt;
+    const rf_index ngrp = RF_NGRP(N, ub);
+    REAL tile[8 * 4 * V] __attribute__((aligned(64)));
+    RF_TILE_ROWS(n_lo, n_hi, NV, r0, nr) {
+        const REAL *Ar[8];
+        for (int i = 0; i < nr; i++) Ar[i] = A + (r0 + i) * lda;
+        for (rf_index grp = 0; grp < ngrp; grp++) {
+            SFX(gemm_tile)(nr, NV, Ar, K, panel + grp * K * NV * V, tile);
+            for (int i = 0; i < nr; i++)
+                for (int sb = 0; sb < ub; sb++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    if (j0 >= N) break;
+                    const int nl = (int)(N - j0 < V ? N - j0 : V);
+                    for (int g = 0; g < Gs; g++)
+                        SFX(vstore_n)(out + (r0 + i) * ldo + g * N + j0,
+                                      SFX(vload)(tile + (i * NV + sb * Gs + g) * V), nl);
+                }
+        }
+    }
+}
+
+/* Forward prologue: xw = x @ w_ih^T for all T*B rows. */
+static RF_INLINE void SFX(input_projection)(const rf_ctx *c, rf_split *sp) {
+    SFX(rows_gemm)(sp, c->T * c->B, (const REAL *)c->x, c->n_in, c->n_in, (const REAL *)c->wih_pack,
+                   (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+    rf_sync_all(sp);
+}
+
+/* Backward epilogue: dx = dg @ w_ih for all T*B rows. */
+static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
+    rf_sync_all(sp);
+    SFX(rows_gemm)(sp, c->T * c->B, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
+                   (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
+}

@@ -129,6 +129,7 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
 RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
+    SFX(input_projection)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(gru_fwd_rz)(c, s, &sp);
         rf_sync(&sp);
@@ -257,6 +258,7 @@ RF_CLONES void SFX(gru_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
             rf_sync(&sp);
         }
     }
+    SFX(input_gradient)(c, &sp);
 }
 
 void SFX(rf_gru_backward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(gru_bwd_worker)); }

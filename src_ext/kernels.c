@@ -90,6 +90,11 @@ static RF_INLINE void rf_sync(rf_split *sp) {
     if (!sp->batch) rf_barrier_wait(sp->barrier, sp->nt, &sp->sense);
 }
 
+/* Around the whole-sequence phases every thread needs every other thread's rows, whatever the split. */
+static RF_INLINE void rf_sync_all(rf_split *sp) {
+    if (sp->nt > 1) rf_barrier_wait(sp->barrier, sp->nt, &sp->sense);
+}
+
 /* One parallel region around the whole time loop. The team size is read inside the region (the runtime
  * may give fewer threads than asked). */
 #ifdef _OPENMP

@@ -29,7 +29,10 @@ typedef struct {
     const int64_t *lengths; /* (B,) valid steps per row, or NULL for T everywhere */
 
     /* ---- forward inputs ---- */
-    const void *xw;         /* (T, B, G*H)  x @ w_ih^T, no bias */
+    const void *x;          /* (T, B, I) */
+    const void *wih_pack;   /* panels of w_ih (all G gates), for the input projection */
+    int uih;                /* unit blocks per group of wih_pack */
+    void *xw;               /* (T, B, G*H) workspace: x @ w_ih^T (no bias), computed inside the region */
     const void *bias;       /* (G*H,) b_ih + b_hh folded (GRU reset_after: n part is b_in only), or NULL */
     const void *b_hn;       /* (H,) GRU reset_after: b_hn, kept inside r * (W_hn h + b_hn); or NULL */
     const void *peep;       /* (3, H) LSTM peephole p_i, p_f, p_o, or NULL */
@@ -60,6 +63,9 @@ typedef struct {
     void *dgh_tb;           /* (T, B, G*H) GRU reset_after: hidden-side gate gradients (n part times r) */
     void *dhp_tb;           /* (T, B, P) LSTM projection: gradient of h_t (the projected state) */
     void *dh0;              /* (B, K) out */
+    void *dx;               /* (T, B, I) out: dg @ w_ih, computed inside the region after the time loop */
+    const void *wihq_pack;  /* panels of w_ih^T (reduction over G*H, outputs I) */
+    int uihq;
     void *dc0;              /* (B, H) out */
 
     /* ---- workspaces (allocated by the caller) ---- */

@@ -128,6 +128,7 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
 RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
+    SFX(input_projection)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(lstm_fwd_gates)(c, s, &sp);
         rf_sync(&sp);
@@ -267,6 +268,7 @@ RF_CLONES void SFX(lstm_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier
             rf_sync(&sp);
         }
     }
+    SFX(input_gradient)(c, &sp);
 }
 
 void SFX(rf_lstm_backward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(lstm_bwd_worker)); }

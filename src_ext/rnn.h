@@ -52,6 +52,7 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
 RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
+    SFX(input_projection)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(rnn_fwd_step)(c, s, &sp);
         rf_sync(&sp);
@@ -108,6 +109,7 @@ RF_CLONES void SFX(rnn_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
         SFX(rnn_bwd_step)(c, s, &sp);
         rf_sync(&sp);
     }
+    SFX(input_gradient)(c, &sp);
 }
 
 void SFX(rf_rnn_backward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(rnn_bwd_worker)); }
