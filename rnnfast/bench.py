@@ -48,7 +48,7 @@ ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OM
 # rounds they are spread over; --quick uses the second values.
 BUDGET_S = {"full": 2.5, "quick": 0.25}
 MAX_REPEATS = {"full": 100, "quick": 15}
-ROUNDS = {"full": 5, "quick": 3}
+ROUNDS = {"full": 5, "quick": 2}
 PEAK_REPS = {"full": 5, "quick": 3}
 # Pause before each implementation's turn in a round. Idle worker threads of a thread pool keep spinning for a
 # while after a call (OpenBLAS ~0.1 s by default, OpenMP and ONNX Runtime less): on 2 cores, timing one
@@ -668,7 +668,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=None,
                         help="exactly this many timed calls per implementation per row (no adaptation)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="interleaved rounds the timed calls are spread over (default: 5; --quick: 3)")
+                        help="interleaved rounds the timed calls are spread over (default: 5; --quick: 2)")
     parser.add_argument("--cooldown", type=float, default=COOLDOWN_S,
                         help=f"seconds of pause before each implementation's turn (default: {COOLDOWN_S})")
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n GEMM peak measurement")

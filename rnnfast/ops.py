@@ -337,7 +337,7 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     _check_saved(saved, cell)
     s = saved
     dtype, T, B, I, H, K, G = s.dtype, s.T, s.B, s.I, s.H, s.K, s.G
-    GH = G * H
+    GH, N = G * H, s.T * s.B
     dy = _c(_as_float_array("dy", dy, dtype))
     _check_shape("dy", dy, (T, B, K))
     dh_n = _c(_as_float_array("dh_n", dh_n, dtype))
@@ -347,81 +347,66 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         _check_shape("dc_n", dc_n, (B, H))
     proj = s.w_hr is not None
     after = cell == "gru" and s.mode == 1
-    V = _kernels.lanes(dtype)
-    dg_tb = np.zeros((T, B, GH), dtype)
+    before = cell == "gru" and not after
     dh0 = np.zeros((B, K), dtype) if dh_n is None else dh_n.copy()
     dc0 = None
     if cell == "lstm":
         dc0 = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
-    a = {}
-    if T and B:
+    dx = np.zeros((T, B, I), dtype)
+    dw_ih = np.zeros((GH, I), dtype)
+    dw_hh = np.zeros((GH, K), dtype)
+    dw_hr = np.zeros((K, H), dtype) if proj else None
+    dg_tb = np.zeros((T, B, GH), dtype)
+    dgh_tb = None
+    a = s.buffers
+    if N:
+        V = _kernels.lanes(dtype)
         dg_tb = np.empty((T, B, GH), dtype)
-        Kq = 2 * H if cell == "gru" and not after else GH
-        wq_pack, uq = _pack(s.w_hh, 0, 0, 1, K, 1, K, Kq, dtype)
+        dgh_tb = np.empty((T, B, GH), dtype) if after else None
+        # Panels: w_hh^T for the recurrent GEMM (GRU reset before: its r, z rows; w_hn^T apart), w_hr for
+        # dm = dh @ w_hr, w_ih^T for dx, and the columns of x, hprev, m for the weight gradients.
+        wq_pack, uq = _pack(s.w_hh, 0, 0, 1, K, 1, K, 2 * H if before else GH, dtype)
         wq2_pack, uq2 = None, 1
         if proj:
             wq2_pack, uq2 = _pack(s.w_hr, 0, 0, 1, H, 1, H, K, dtype)
-        elif cell == "gru" and not after:
+        elif before:
             wq2_pack, uq2 = _pack(s.w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype)
-        cbuf = np.zeros((B, _round_up(H, V)), dtype)
-        dx = np.empty((T, B, I), dtype)
         wihq_pack, uihq = _pack(s.w_ih, 0, 0, 1, I, 1, I, GH, dtype)
-        a = dict(s.buffers, dx=dx, wihq_pack=wihq_pack, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, wq_pack=wq_pack, wq2_pack=wq2_pack, dg_tb=dg_tb,
-                 dh0=dh0, cbuf=cbuf, lengths=s.lengths, zero=np.zeros(max(GH, K, H) + V, dtype))
-        if after:
-            a["dgh_tb"] = np.empty((T, B, GH), dtype)
-        if proj:
-            a["dhp_tb"] = np.empty((T, B, K), dtype)
-        _kernels.run(cell, True, dtype, a, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
-                     _threads(B, G, H, K), uq=uq, uq2=uq2, uihq=uihq)
+        xp_pack, uxp = _pack(s.x, 0, 0, 1, I, 1, I, N, dtype)
+        hp_pack, uhp = _pack(a["hprev_tb"], 0, 0, 1, K, 1, K, N, dtype)
+        mp_pack, ump = None, 1
+        if proj or before:
+            mp_pack, ump = _pack(a["m_tb"], 0, 0, 1, H, 1, H, N, dtype)
+        cbuf = np.zeros((B, _round_up(H, V)), dtype)
+        run_args = dict(a, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, lengths=s.lengths,
+                        wq_pack=wq_pack, wq2_pack=wq2_pack, wihq_pack=wihq_pack, xp_pack=xp_pack,
+                        hp_pack=hp_pack, mp_pack=mp_pack, dg_tb=dg_tb, dgh_tb=dgh_tb, dh0=dh0, dx=dx,
+                        dw_ih=dw_ih, dw_hh=dw_hh, dw_hr=dw_hr, cbuf=cbuf,
+                        dhp_tb=np.empty((T, B, K), dtype) if proj else None,
+                        zero=np.zeros(max(GH, K, H) + V, dtype))
+        _kernels.run(cell, True, dtype, run_args, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
+                     _threads(B, G, H, K), uq=uq, uq2=uq2, uihq=uihq, uxp=uxp, uhp=uhp, ump=ump)
         if dc0 is not None:
             keep = slice(None) if s.lengths is None else s.lengths > 0
             dc0[keep] = cbuf[keep, :H]
-    # Whole-sequence GEMMs after the loop, at BLAS speed.
-    N = T * B
+    # Bias gradients: column sums of the gate gradients (the hidden side differs for GRU reset_after).
     dg = dg_tb.reshape(N, GH)
-    if not a:
-        dx = np.zeros((T, B, I), dtype)
-    dw_ih = dg.T @ s.x.reshape(N, I)
-    hprev = a["hprev_tb"].reshape(N, K) if a else np.zeros((N, K), dtype)
-    if after:
-        dgh = a["dgh_tb"].reshape(N, GH) if a else dg
-        dw_hh = dgh.T @ hprev
-        db_hh_full = dgh.sum(axis=0)
-    elif cell == "gru":
-        rh = a["m_tb"].reshape(N, H) if a else np.zeros((N, H), dtype)
-        dw_hh = np.empty((GH, H), dtype)
-        np.matmul(dg[:, :2 * H].T, hprev, out=dw_hh[:2 * H])
-        np.matmul(dg[:, 2 * H:].T, rh, out=dw_hh[2 * H:])
-        db_hh_full = None
-    else:
-        dw_hh = dg.T @ hprev
-        db_hh_full = None
-    db = dg.sum(axis=0)
-    db_ih = db if s.has_bias[0] else None
-    db_hh = (db_hh_full if db_hh_full is not None else db.copy()) if s.has_bias[1] else None
-    if db_ih is not None and db_hh is db_ih:
-        db_hh = db_hh.copy()
+    db_ih = dg.sum(axis=0) if s.has_bias[0] else None
+    db_hh = None
+    if s.has_bias[1]:
+        db_hh = dgh_tb.reshape(N, GH).sum(axis=0) if dgh_tb is not None else dg.sum(axis=0)
     if cell != "lstm":
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
-    dw_hr = None
-    if proj:
-        dhp = a["dhp_tb"].reshape(N, K) if a else np.zeros((N, K), dtype)
-        m = a["m_tb"].reshape(N, H) if a else np.zeros((N, H), dtype)
-        dw_hr = dhp.T @ m
     out = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
     if s.w_peep is None:
         return out
-    dw_peep = np.empty((3, H), dtype)
-    if a:
+    dw_peep = np.zeros((3, H), dtype)
+    if N:
         dg4 = dg_tb.reshape(N, 4, H)
         cprev = a["cprev_tb"].reshape(N, H)
-        cnew = a["c_tb"].reshape(N, H)
         dw_peep[0] = np.einsum("nh,nh->h", dg4[:, 0], cprev)
         dw_peep[1] = np.einsum("nh,nh->h", dg4[:, 1], cprev)
-        dw_peep[2] = np.einsum("nh,nh->h", dg4[:, 3], cnew)
-    else:
-        dw_peep[:] = 0
+        dw_peep[2] = np.einsum("nh,nh->h", dg4[:, 3], a["c_tb"].reshape(N, H))
     return out + (dw_peep,)
 
 

@@ -46,6 +46,13 @@ cdef extern from "kernels.h" nogil:
         void *dx
         const void *wihq_pack
         int uihq
+        const void *xp_pack
+        const void *hp_pack
+        const void *mp_pack
+        int uxp, uhp, ump
+        void *dw_ih
+        void *dw_hh
+        void *dw_hr
         void *dc0
         void *hbuf
         void *cbuf
@@ -135,7 +142,7 @@ def pack(cnp.ndarray src, rf_index offset, rf_index s_g, rf_index s_j, rf_index 
 
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
-        int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1):
+        int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1):
     """Run one time loop. `a` maps the rf_ctx pointer field names to arrays (or None); every array must
     already have its documented shape (rnnfast/ops.py guarantees it)."""
     cdef rf_ctx c
@@ -143,6 +150,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.T = T; c.B = B; c.n_in = I; c.H = H; c.K = K; c.G = G
     c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
     c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2; c.uih = uih; c.uihq = uihq
+    c.uxp = uxp; c.uhp = uhp; c.ump = ump
     lengths = a.get("lengths")
     c.lengths = <const int64_t *>_ptr(lengths, cnp.NPY_INT64, "lengths")
     c.x = _ptr(a.get("x"), typenum, "x")
@@ -174,6 +182,12 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.dh0 = _ptr(a.get("dh0"), typenum, "dh0")
     c.dx = _ptr(a.get("dx"), typenum, "dx")
     c.wihq_pack = _ptr(a.get("wihq_pack"), typenum, "wihq_pack")
+    c.xp_pack = _ptr(a.get("xp_pack"), typenum, "xp_pack")
+    c.hp_pack = _ptr(a.get("hp_pack"), typenum, "hp_pack")
+    c.mp_pack = _ptr(a.get("mp_pack"), typenum, "mp_pack")
+    c.dw_ih = _ptr(a.get("dw_ih"), typenum, "dw_ih")
+    c.dw_hh = _ptr(a.get("dw_hh"), typenum, "dw_hh")
+    c.dw_hr = _ptr(a.get("dw_hr"), typenum, "dw_hr")
     c.dc0 = _ptr(a.get("dc0"), typenum, "dc0")
     c.hbuf = _ptr(a.get("hbuf"), typenum, "hbuf")
     c.cbuf = _ptr(a.get("cbuf"), typenum, "cbuf")

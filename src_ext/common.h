@@ -88,20 +88,22 @@ static RF_INLINE VEC SFX(vtanh)(VEC x) {
 /* relu that keeps NaN (x < 0 is false for NaN). */
 static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(0), x); }
 
-/* out[r][v*V + lane] = sum_k A[r][k] * panel[k][v][lane] for r < R, v < NV: one register tile. Every
- * accumulator is one FMA chain over k in order, so the result does not depend on R. */
+/* out[r][v*V + lane] (+)= sum_k A[r][k*ak] * panel[k][v][lane] for r < R, v < NV: one register tile.
+ * Every accumulator is one FMA chain over k in order, so the result does not depend on R; with `acc_in`
+ * the chain continues from the values already in out, so splitting k into blocks changes nothing either. */
 #define RF_TILE(RR, NVV)                                                            \
     case (RR) * 8 + (NVV): {                                                        \
         VEC acc[RR][NVV];                                                           \
         _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) acc[r][v] = (VEC){0}; \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
+            acc[r][v] = acc_in ? SFX(vload)(out + (r * (NVV) + v) * V) : (VEC){0};  \
         for (rf_index k = 0; k < K; k++) {                                          \
             const REAL *pk = panel + k * ((NVV) * V);                               \
             VEC w[NVV];                                                             \
             _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                   \
                 w[v] = SFX(vload)(pk + v * V);                                      \
             _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++) {                  \
-                const REAL a = A[r][k];                                             \
+                const REAL a = A[r][k * ak];                                        \
                 _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)               \
                     acc[r][v] += a * w[v];                                          \
             }                                                                       \
@@ -114,8 +116,8 @@ static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(
 
 /* Out of line and multi-versioned on its own: inlining its 24 variants into every phase would multiply
  * compile time without changing speed (a tile runs K iterations; the call is noise). */
-RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile)(int R, int NV, const REAL *const *A,
-                                                                          rf_index K, const REAL *panel, REAL *out) {
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_x)(
+        int R, int NV, const REAL *const *A, rf_index ak, rf_index K, const REAL *panel, int acc_in, REAL *out) {
     switch (R * 8 + NV) {
         RF_TILE(1, 1) RF_TILE(2, 1) RF_TILE(3, 1) RF_TILE(4, 1)
         RF_TILE(5, 1) RF_TILE(6, 1) RF_TILE(7, 1) RF_TILE(8, 1)
@@ -155,6 +157,11 @@ void SFX(rf_pack)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k,
                     }
                 }
             }
+}
+
+static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_index K, const REAL *panel,
+                                     REAL *out) {
+    SFX(gemm_tile_x)(R, NV, A, 1, K, panel, 0, out);
 }
 
 /* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it
@@ -210,4 +217,59 @@ static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
     rf_sync_all(sp);
     SFX(rows_gemm)(sp, c->T * c->B, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
                    (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
+}
+
+/* Weight gradient dW[m, :] (+)= sum_n A[n, m] * Bm[n, :] for the M rows m of dW, split between threads by
+ * rows: A is (N, M) (the gate gradients, read down its columns), Bm arrives packed as panels over its L
+ * columns (reduction over n). n is blocked so a block of panels stays in L2 while every row tile of the
+ * thread passes over it; the FMA chains continue across blocks, so the blocking does not change a bit. */
+static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index M, const REAL *A, rf_index lda,
+                                       const REAL *bpanel, int ub, rf_index L, REAL *dW, rf_index ldw) {
+    const int NV = ub;
+    const rf_index m_lo = M * sp->tid / sp->nt, m_hi = M * (sp->tid + 1) / sp->nt;
+    const rf_index ngrp = RF_NGRP(L, ub), NB = 1024;
+    REAL tile[8 * 4 * V] __attribute__((aligned(64)));
+    for (rf_index n0 = 0; n0 < N; n0 += NB) {
+        const rf_index nk = N - n0 < NB ? N - n0 : NB;
+        for (rf_index grp = 0; grp < ngrp; grp++) {
+            RF_TILE_ROWS(m_lo, m_hi, NV, r0, nr) {
+                const REAL *Ar[8];
+                for (int i = 0; i < nr; i++) Ar[i] = A + n0 * lda + r0 + i;
+                for (int i = 0; i < nr; i++)
+                    for (int sb = 0; sb < ub; sb++) {
+                        const rf_index j0 = (grp * ub + sb) * V;
+                        const int nl = (int)(j0 >= L ? 0 : (L - j0 < V ? L - j0 : V));
+                        VEC v = n0 ? SFX(vload_n)(dW + (r0 + i) * ldw + j0, nl) : SFX(vsplat)(0);
+                        SFX(vstore)(tile + (i * NV + sb) * V, v);
+                    }
+                SFX(gemm_tile_x)(nr, NV, Ar, lda, nk, bpanel + (grp * N + n0) * NV * V, 1, tile);
+                for (int i = 0; i < nr; i++)
+                    for (int sb = 0; sb < ub; sb++) {
+                        const rf_index j0 = (grp * ub + sb) * V;
+                        if (j0 >= L) break;
+                        const int nl = (int)(L - j0 < V ? L - j0 : V);
+                        SFX(vstore_n)(dW + (r0 + i) * ldw + j0, SFX(vload)(tile + (i * NV + sb) * V), nl);
+                    }
+            }
+        }
+    }
+}
+
+/* Backward epilogue, after dx: dw_ih = dg^T x and dw_hh = dgh^T hprev (GRU reset before: the n rows from
+ * r*h), dw_hr = dhp^T m for a projection. Panels of x, hprev, r*h, m were packed by the caller. */
+static RF_INLINE void SFX(weight_gradients)(const rf_ctx *c, rf_split *sp) {
+    const rf_index N = c->T * c->B, H = c->H, GH = c->G * c->H, I = c->n_in, K = c->K;
+    const REAL *dgh = c->dgh_tb ? (const REAL *)c->dgh_tb : (const REAL *)c->dg_tb;
+    SFX(weight_grad)(sp, N, GH, (const REAL *)c->dg_tb, GH, (const REAL *)c->xp_pack, c->uxp, I,
+                     (REAL *)c->dw_ih, I);
+    if (c->G == 3 && c->mode != 1) {
+        SFX(weight_grad)(sp, N, 2 * H, dgh, GH, (const REAL *)c->hp_pack, c->uhp, K, (REAL *)c->dw_hh, K);
+        SFX(weight_grad)(sp, N, H, dgh + 2 * H, GH, (const REAL *)c->mp_pack, c->ump, H,
+                         (REAL *)c->dw_hh + 2 * H * K, K);
+    } else {
+        SFX(weight_grad)(sp, N, GH, dgh, GH, (const REAL *)c->hp_pack, c->uhp, K, (REAL *)c->dw_hh, K);
+    }
+    if (c->proj)
+        SFX(weight_grad)(sp, N, K, (const REAL *)c->dhp_tb, K, (const REAL *)c->mp_pack, c->ump, H,
+                         (REAL *)c->dw_hr, H);
 }

@@ -259,6 +259,7 @@ RF_CLONES void SFX(gru_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
         }
     }
     SFX(input_gradient)(c, &sp);
+    SFX(weight_gradients)(c, &sp);
 }
 
 void SFX(rf_gru_backward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(gru_bwd_worker)); }

@@ -66,6 +66,13 @@ typedef struct {
     void *dx;               /* (T, B, I) out: dg @ w_ih, computed inside the region after the time loop */
     const void *wihq_pack;  /* panels of w_ih^T (reduction over G*H, outputs I) */
     int uihq;
+    /* weight gradients, computed inside the region after dx: panels over the columns of x (T*B, I),
+     * hprev (T*B, K) and m (T*B, H) (LSTM projection: o*tanh c; GRU reset before: r*h) */
+    const void *xp_pack, *hp_pack, *mp_pack;
+    int uxp, uhp, ump;
+    void *dw_ih;            /* (G*H, I) out */
+    void *dw_hh;            /* (G*H, K) out */
+    void *dw_hr;            /* (P, H) out */
     void *dc0;              /* (B, H) out */
 
     /* ---- workspaces (allocated by the caller) ---- */

@@ -110,6 +110,7 @@ RF_CLONES void SFX(rnn_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
         rf_sync(&sp);
     }
     SFX(input_gradient)(c, &sp);
+    SFX(weight_gradients)(c, &sp);
 }
 
 void SFX(rf_rnn_backward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(rnn_bwd_worker)); }
