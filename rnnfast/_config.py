@@ -6,6 +6,14 @@ from . import _kernels
 _ENV = "RNNFAST_NUM_THREADS"
 
 
+def _cpus():
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # platforms without sched_getaffinity
+        return os.cpu_count() or 1
+
+
 def _default_threads():
     env = os.environ.get(_ENV, "").strip()
     if env:
@@ -16,10 +24,7 @@ def _default_threads():
         if n < 1:
             raise ValueError(f"{_ENV}: expected a positive integer, got {n}")
         return n
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # platforms without sched_getaffinity
-        return os.cpu_count() or 1
+    return _cpus()
 
 
 _num_threads = _default_threads() if _kernels.openmp_enabled() else 1

@@ -22,7 +22,7 @@ ONNX defines it); lstm_backward then returns dw_peep as a 9th element.
 import numpy as np
 
 from . import _kernels
-from ._config import get_num_threads
+from ._config import _cpus, get_num_threads
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
 
@@ -71,7 +71,10 @@ def _check_flag(name, value):
 def _check_lengths(lengths, T, B):
     if lengths is None:
         return None
-    arr = np.asarray(lengths)
+    try:
+        arr = np.asarray(lengths)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"lengths: expected an integer array of shape ({B},), got {type(lengths).__name__} ({e})") from None
     if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TypeError(f"lengths: expected an integer array of shape ({B},), got dtype {arr.dtype}")
     if arr.shape != (B,):
@@ -155,7 +158,9 @@ _MIN_STEP_WORK_PER_THREAD = 1 << 14
 
 
 def _threads(B, G, H, K):
-    n = get_num_threads()
+    # More threads than CPUs only adds waiting at the per-step barrier (and asking the OpenMP runtime for
+    # thousands of threads can abort the process): cap at the CPUs this process may use.
+    n = min(get_num_threads(), _cpus())
     return max(1, min(n, (B * G * H * K) // _MIN_STEP_WORK_PER_THREAD))
 
 
@@ -372,7 +377,11 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         elif before:
             wq2_pack, uq2 = _pack(s.w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype)
         wihq_pack, uihq = _pack(s.w_ih, 0, 0, 1, I, 1, I, GH, dtype)
-        xp_pack, uxp = _pack(s.x, 0, 0, 1, I, 1, I, N, dtype)
+        x = s.x
+        if s.lengths is not None and s.lengths.min() < T:
+            # The padding of x is never read (as with torch's PackedSequence), not even multiplied by 0.
+            x = np.where((np.arange(T)[:, None] < s.lengths)[:, :, None], x, 0)
+        xp_pack, uxp = _pack(x, 0, 0, 1, I, 1, I, N, dtype)
         hp_pack, uhp = _pack(a["hprev_tb"], 0, 0, 1, K, 1, K, N, dtype)
         mp_pack, ump = None, 1
         if proj or before:

@@ -85,7 +85,8 @@ def _forward(cell, step, step_back, x, state0, params, lengths, reverse, trainin
     y = np.zeros((T, B, state0[0].shape[1]), dtype=x.dtype)
     state, caches = state0, []
     for t, active in steps:
-        new_state, cache = step(x[t], state, params)
+        # Padded steps never read x (torch never sees the padding of a PackedSequence): feed them 0.
+        new_state, cache = step(np.where(active, x[t], 0), state, params)
         state = tuple(np.where(active, new, old) for new, old in zip(new_state, state))
         y[t] = np.where(active, new_state[0], 0)
         caches.append(cache)
