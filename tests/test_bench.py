@@ -120,6 +120,28 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys):
     assert "matplotlib" in capsys.readouterr().err
 
 
+def test_interleaving_schedule():
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    samples = bench.time_interleaved(calls, budget_s=1.0, max_repeats=10, rounds=2, cooldown_s=0.0, repeats=4)
+    assert {name: len(times) for name, times in samples.items()} == {"a": 4, "b": 4, "c": 4}
+    # warm-ups; then per round each implementation once (rotated start): 1 settle call + its 2 timed calls
+    assert "".join(log) == "abc" + "aaa" "bbb" "ccc" + "bbb" "ccc" "aaa"
+
+
+def test_slow_implementation_is_bounded_by_the_budget(monkeypatch):
+    clock = {"now": 0.0}
+
+    def slow():                        # advances the (fake) clock by 10 s per call
+        clock["now"] += 10.0
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
+    samples = bench.time_interleaved({"slow": slow, "fast": lambda: None}, budget_s=2.5, max_repeats=7,
+                                     rounds=3, cooldown_s=0.0)
+    assert len(samples["slow"]) == 1            # 2.5 s budget / 10 s per call: the minimum, one
+    assert len(samples["fast"]) == 7            # free calls: capped by max_repeats
+
+
 def test_disagreeing_outputs_are_flagged():
     y = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4)
     diffs = bench.compare_outputs({"rnnfast": y, "good": y + 1e-6, "bad": y[:, :, ::-1]})

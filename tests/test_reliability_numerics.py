@@ -62,12 +62,41 @@ def reference64(cell, a, kw, d, **options):
 # ==========================================================================================================
 # Huge and tiny magnitudes
 
+SIGMOID_F32_BUG = ("BUG src_ext/common.h vsigmoid (float32): the exp argument is clamped to [-86, 88], so "
+                   "sigmoid(x) for every x < -88 is 1/(1+e^88) = 6.05e-39 instead of 0; an LSTM forget gate or "
+                   "GRU update gate saturated at 0 then passes 6e-39 * c_prev (h_prev) forward and its "
+                   "derivative 6e-39 * c_prev * x backward: with |x|, |c0| ~ 1e30, dw_ih ~ 1e22 where the "
+                   "float64 reference (and the math) give 0")
+
+
+@pytest.mark.xfail(strict=True, reason=SIGMOID_F32_BUG)
+def test_float32_sigmoid_saturates_to_zero():
+    """GRU with n = 0 and z = sigmoid(-200): h' = z * h0, which is 0 in float32 (the true value is 1e-87)."""
+    f32 = np.float32
+    w_ih = np.array([[0.0], [1.0], [0.0]], f32)
+    _, h_n, _ = ops.gru_forward(np.full((1, 1, 1), -200, f32), np.ones((1, 1), f32), w_ih, np.zeros((3, 1), f32))
+    assert h_n[0, 0] == 0.0, h_n
+
+
+@pytest.mark.xfail(strict=True, reason=SIGMOID_F32_BUG)
+def test_float32_saturated_forget_gate_gives_no_gradient():
+    """Minimal case: x = 1e30, w_ih forget row -1 (f = sigmoid(-1e30) = 0), c0 = 1e30: c_n = 0 and
+    dw_ih = 0 for the forget gate, as in float64."""
+    f32 = np.float32
+    w_ih = np.array([[0.0], [-1.0], [0.0], [0.0]], f32)
+    _, _, c_n, saved = ops.lstm_forward(np.full((1, 1, 1), 1e30, f32), None, np.full((1, 1), 1e30, f32), w_ih,
+                                        np.zeros((4, 1), f32), training=True)
+    dw_ih = ops.lstm_backward(None, None, np.ones((1, 1), f32), saved)[3]
+    assert c_n[0, 0] == 0.0 and dw_ih[1, 0] == 0.0, (c_n, dw_ih.ravel())
+
 @pytest.mark.parametrize("scale", [1e30, 1e10, 1e-30], ids=["1e30", "1e10", "1e-30"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES)
-def test_huge_and_tiny_inputs_saturate_cleanly(rng, case, dtype, scale):
+def test_huge_and_tiny_inputs_saturate_cleanly(request, rng, case, dtype, scale):
     """x, h0 and c0 of magnitude `scale` (weights as torch initialises them): no warning, no floating-point
     error, every output and gradient finite and equal to the float64 reference within the dtype's tolerance."""
+    if dtype == np.float32 and scale == 1e30 and not case.startswith("rnn"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=SIGMOID_F32_BUG))
     cell, a, kw = make_problem(rng, case, 4, 3, 3, 6, 2, dtype=dtype)
     for k in ("x", "h0", "c0"):
         if a.get(k) is not None:
@@ -154,14 +183,12 @@ def _without_row(a, b):
             for k, v in a.items()}
 
 
-@pytest.mark.parametrize("where", ["x", "h0", "c0"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
-@pytest.mark.parametrize("case", CASES)
-def test_nan_in_one_row_stays_in_that_row(rng, case, dtype, reverse, where):
+@pytest.mark.parametrize("case, where", [(c, w) for c in CASES for w in ("x", "h0", "c0")
+                                         if w != "c0" or CASES[c][0] == "lstm"])
+def test_nan_in_one_row_stays_in_that_row(rng, case, where, dtype, reverse):
     cell, a, kw = make_problem(rng, case, 5, 4, 3, 7, 3, dtype=dtype)
-    if where == "c0" and cell != "lstm":
-        pytest.skip("c0 is LSTM-only")
     b = 2
     lengths = np.array([5, 3, 4, 0])
     if where == "x":
