@@ -143,12 +143,14 @@ def _validate(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None, w_peep=None):
 # panels
 
 
-def _pack(src, offset, s_g, s_j, s_k, Gs, N, K, dtype):
-    """Panels of src for the compiled GEMM tiles; ub unit blocks per group so one tile holds <= 4 vectors."""
+def _pack(specs, src, offset, s_g, s_j, s_k, Gs, N, K, dtype):
+    """Room for the panels of src (element (g, j, k) = src.flat[offset + g*s_g + j*s_j + k*s_k]) used by the
+    compiled GEMM tiles, with ub unit blocks per group so that a tile holds <= 4 vectors. The packing itself
+    happens inside the kernel's parallel region: the spec is appended to `specs`."""
     V = _kernels.lanes(dtype)
     ub = max(1, min(4 // Gs, -(-N // V)))
     dst = np.empty(_kernels.pack_size(Gs, N, K, ub, dtype), dtype)
-    _kernels.pack(src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst)
+    specs.append((src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst))
     return dst, ub
 
 
@@ -232,7 +234,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
     bufs = {}
     if T and B:
         xw = np.empty((T, B, GH), dtype)  # filled inside the kernel's parallel region
-        wih_pack, uih = _pack(w_ih, 0, H * I, I, 1, G, H, I, dtype)
+        packs = []
+        wih_pack, uih = _pack(packs, w_ih, 0, H * I, I, 1, G, H, I, dtype)
         # Biases outside the nonlinearity are folded into one vector; GRU reset_after keeps b_hn apart,
         # since it sits inside r * (W_hn h + b_hn).
         bias = b_hn = None
@@ -247,18 +250,18 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 else:
                     bias += b_hh
         Gs = 2 if cell == "gru" and not after else G
-        w_pack, ub = _pack(w_hh, 0, H * K, K, 1, Gs, H, K, dtype)
+        w_pack, ub = _pack(packs, w_hh, 0, H * K, K, 1, Gs, H, K, dtype)
         w2_pack, ub2 = None, 1
         if proj:
-            w2_pack, ub2 = _pack(w_hr, 0, 0, H, 1, 1, K, H, dtype)
+            w2_pack, ub2 = _pack(packs, w_hr, 0, 0, H, 1, 1, K, H, dtype)
         elif cell == "gru" and not after:
-            w2_pack, ub2 = _pack(w_hh, 2 * H * H, 0, H, 1, 1, H, H, dtype)
+            w2_pack, ub2 = _pack(packs, w_hh, 2 * H * H, 0, H, 1, 1, H, H, dtype)
         hbuf = np.empty((2, B, K), dtype)
         hbuf[0] = h_n
         cbuf = np.zeros((B, _round_up(H, V)), dtype)
         if c_n is not None:
             cbuf[:, :H] = c_n
-        a = dict(x=x, wih_pack=wih_pack, xw=xw, bias=bias, b_hn=b_hn, peep=w_peep, w_pack=w_pack, w2_pack=w2_pack, y=y,
+        a = dict(packs=packs, x=x, wih_pack=wih_pack, xw=xw, bias=bias, b_hn=b_hn, peep=w_peep, w_pack=w_pack, w2_pack=w2_pack, y=y,
                  hbuf=hbuf, cbuf=cbuf, lengths=lengths,
                  mbuf=np.zeros((B, H), dtype) if (proj or (cell == "gru" and not after)) else None)
         if training:
@@ -370,24 +373,25 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         dgh_tb = np.empty((T, B, GH), dtype) if after else None
         # Panels: w_hh^T for the recurrent GEMM (GRU reset before: its r, z rows; w_hn^T apart), w_hr for
         # dm = dh @ w_hr, w_ih^T for dx, and the columns of x, hprev, m for the weight gradients.
-        wq_pack, uq = _pack(s.w_hh, 0, 0, 1, K, 1, K, 2 * H if before else GH, dtype)
+        packs = []
+        wq_pack, uq = _pack(packs, s.w_hh, 0, 0, 1, K, 1, K, 2 * H if before else GH, dtype)
         wq2_pack, uq2 = None, 1
         if proj:
-            wq2_pack, uq2 = _pack(s.w_hr, 0, 0, 1, H, 1, H, K, dtype)
+            wq2_pack, uq2 = _pack(packs, s.w_hr, 0, 0, 1, H, 1, H, K, dtype)
         elif before:
-            wq2_pack, uq2 = _pack(s.w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype)
-        wihq_pack, uihq = _pack(s.w_ih, 0, 0, 1, I, 1, I, GH, dtype)
+            wq2_pack, uq2 = _pack(packs, s.w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype)
+        wihq_pack, uihq = _pack(packs, s.w_ih, 0, 0, 1, I, 1, I, GH, dtype)
         x = s.x
         if s.lengths is not None and s.lengths.min() < T:
             # The padding of x is never read (as with torch's PackedSequence), not even multiplied by 0.
             x = np.where((np.arange(T)[:, None] < s.lengths)[:, :, None], x, 0)
-        xp_pack, uxp = _pack(x, 0, 0, 1, I, 1, I, N, dtype)
-        hp_pack, uhp = _pack(a["hprev_tb"], 0, 0, 1, K, 1, K, N, dtype)
+        xp_pack, uxp = _pack(packs, x, 0, 0, 1, I, 1, I, N, dtype)
+        hp_pack, uhp = _pack(packs, a["hprev_tb"], 0, 0, 1, K, 1, K, N, dtype)
         mp_pack, ump = None, 1
         if proj or before:
-            mp_pack, ump = _pack(a["m_tb"], 0, 0, 1, H, 1, H, N, dtype)
+            mp_pack, ump = _pack(packs, a["m_tb"], 0, 0, 1, H, 1, H, N, dtype)
         cbuf = np.zeros((B, _round_up(H, V)), dtype)
-        run_args = dict(a, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, lengths=s.lengths,
+        run_args = dict(a, packs=packs, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, lengths=s.lengths,
                         wq_pack=wq_pack, wq2_pack=wq2_pack, wihq_pack=wihq_pack, xp_pack=xp_pack,
                         hp_pack=hp_pack, mp_pack=mp_pack, dg_tb=dg_tb, dgh_tb=dgh_tb, dh0=dh0, dx=dx,
                         dw_ih=dw_ih, dw_hh=dw_hh, dw_hr=dw_hr, cbuf=cbuf,

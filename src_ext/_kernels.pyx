@@ -9,10 +9,17 @@ cnp.import_array()
 
 cdef extern from "kernels.h" nogil:
     ctypedef int64_t rf_index
+    ctypedef struct rf_pack_spec:
+        const void *src
+        void *dst
+        rf_index s_g, s_j, s_k, Gs, N, K, ub
+    enum: RF_MAX_PACKS
     ctypedef struct rf_ctx:
         rf_index T, B, n_in, H, K, G
         int reverse, mode, training, proj, n_threads
         const int64_t *lengths
+        rf_pack_spec packs[RF_MAX_PACKS]
+        int n_packs
         const void *x
         const void *wih_pack
         int uih
@@ -140,6 +147,25 @@ def pack(cnp.ndarray src, rf_index offset, rf_index s_g, rf_index s_j, rf_index 
     return dst
 
 
+cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:
+    """spec = (src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst), checked so that every element the packing
+    reads lies inside src and dst is large enough."""
+    src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst = spec
+    cdef rf_index V = lanes(src.dtype)
+    if dst.ndim != 1 or dst.shape[0] < rf_pack_size(Gs, N, K, ub, V):
+        raise ValueError("internal: pack destination too small")
+    if N > 0 and K > 0:
+        last = offset + (Gs - 1) * s_g + (N - 1) * s_j + (K - 1) * s_k
+        if offset < 0 or s_g < 0 or s_j < 0 or s_k < 0 or last >= cnp.PyArray_SIZE(<cnp.ndarray>src):
+            raise ValueError("internal: pack source out of range")
+    cdef char *base = <char *>_ptr(src, typenum, "pack source")
+    cdef rf_index off = offset
+    p.src = base + off * cnp.PyArray_ITEMSIZE(<cnp.ndarray>src)
+    p.dst = _ptr(dst, typenum, "pack destination")
+    p.s_g = s_g; p.s_j = s_j; p.s_k = s_k; p.Gs = Gs; p.N = N; p.K = K; p.ub = ub
+    return 0
+
+
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1):
@@ -151,6 +177,12 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
     c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2; c.uih = uih; c.uihq = uihq
     c.uxp = uxp; c.uhp = uhp; c.ump = ump
+    packs = a.get("packs", ())
+    if len(packs) > RF_MAX_PACKS:
+        raise ValueError("internal: too many operands to pack")
+    c.n_packs = len(packs)
+    for i, spec in enumerate(packs):
+        _fill_pack(&c.packs[i], spec, typenum)
     lengths = a.get("lengths")
     c.lengths = <const int64_t *>_ptr(lengths, cnp.NPY_INT64, "lengths")
     c.x = _ptr(a.get("x"), typenum, "x")

@@ -131,10 +131,11 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_x)(
 
 /* A blocked transpose: 16 k at a time, so that whichever of s_j, s_k is the unit stride, the reads walk
  * along cache lines and the 16 x V tile being written stays in L1. */
-void SFX(rf_pack)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k,
-                  rf_index Gs, rf_index N, rf_index K, rf_index ub, REAL *dst) {
-    const rf_index nblk = (N + V - 1) / V, ngrp = (nblk + ub - 1) / ub, NV = Gs * ub, KB = 16;
-    for (rf_index grp = 0; grp < ngrp; grp++)
+static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k, rf_index Gs,
+                                       rf_index N, rf_index K, rf_index ub, rf_index g_lo, rf_index g_hi,
+                                       REAL *dst) {
+    const rf_index NV = Gs * ub, KB = 16;
+    for (rf_index grp = g_lo; grp < g_hi; grp++)
         for (rf_index sb = 0; sb < ub; sb++)
             for (rf_index g = 0; g < Gs; g++) {
                 const rf_index j0 = (grp * ub + sb) * V;
@@ -164,6 +165,11 @@ static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_ind
     SFX(gemm_tile_x)(R, NV, A, 1, K, panel, 0, out);
 }
 
+void SFX(rf_pack)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k,
+                  rf_index Gs, rf_index N, rf_index K, rf_index ub, REAL *dst) {
+    SFX(pack_groups)(src, s_g, s_j, s_k, Gs, N, K, ub, 0, RF_NGRP(N, ub), dst);
+}
+
 /* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it
  * is active (s < length). Reverse rows run from length-1 down to 0. */
 static RF_INLINE int SFX(row_at)(const rf_ctx *c, rf_index s, rf_index b, rf_index *t, rf_index *len) {
@@ -185,24 +191,39 @@ static RF_INLINE void SFX(rows_gemm)(const rf_split *sp, rf_index rows, const RE
                                      const REAL *panel, int Gs, int ub, rf_index N, REAL *out, rf_index ldo) {
     const int NV = Gs * ub;
     const rf_index n_lo = rows * sp->tid / sp->nt, n_hi = rows * (sp->tid + 1) / sp->nt;
-    const rf_index ngrp = RF_NGRP(N, ub);
+    const rf_index ngrp = RF_NGRP(N, ub), RB = 64;
     REAL tile[8 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(n_lo, n_hi, NV, r0, nr) {
-        const REAL *Ar[8];
-        for (int i = 0; i < nr; i++) Ar[i] = A + (r0 + i) * lda;
+    /* Row blocks outer, groups, then row tiles: each panel group is read once per block of rows. */
+    for (rf_index b_lo = n_lo; b_lo < n_hi; b_lo += RB) {
+        const rf_index b_hi = n_hi - b_lo < RB ? n_hi : b_lo + RB;
         for (rf_index grp = 0; grp < ngrp; grp++) {
-            SFX(gemm_tile)(nr, NV, Ar, K, panel + grp * K * NV * V, tile);
-            for (int i = 0; i < nr; i++)
-                for (int sb = 0; sb < ub; sb++) {
-                    const rf_index j0 = (grp * ub + sb) * V;
-                    if (j0 >= N) break;
-                    const int nl = (int)(N - j0 < V ? N - j0 : V);
-                    for (int g = 0; g < Gs; g++)
-                        SFX(vstore_n)(out + (r0 + i) * ldo + g * N + j0,
-                                      SFX(vload)(tile + (i * NV + sb * Gs + g) * V), nl);
-                }
+            RF_TILE_ROWS(b_lo, b_hi, NV, r0, nr) {
+                const REAL *Ar[8];
+                for (int i = 0; i < nr; i++) Ar[i] = A + (r0 + i) * lda;
+                SFX(gemm_tile)(nr, NV, Ar, K, panel + grp * K * NV * V, tile);
+                for (int i = 0; i < nr; i++)
+                    for (int sb = 0; sb < ub; sb++) {
+                        const rf_index j0 = (grp * ub + sb) * V;
+                        if (j0 >= N) break;
+                        const int nl = (int)(N - j0 < V ? N - j0 : V);
+                        for (int g = 0; g < Gs; g++)
+                            SFX(vstore_n)(out + (r0 + i) * ldo + g * N + j0,
+                                          SFX(vload)(tile + (i * NV + sb * Gs + g) * V), nl);
+                    }
+            }
         }
     }
+}
+
+/* Prologue of every call: the panels, each thread packing its share of every operand's groups. */
+static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
+    for (int i = 0; i < c->n_packs; i++) {
+        const rf_pack_spec *p = &c->packs[i];
+        const rf_index ngrp = RF_NGRP(p->N, p->ub);
+        SFX(pack_groups)((const REAL *)p->src, p->s_g, p->s_j, p->s_k, p->Gs, p->N, p->K, p->ub,
+                         ngrp * sp->tid / sp->nt, ngrp * (sp->tid + 1) / sp->nt, (REAL *)p->dst);
+    }
+    rf_sync_all(sp);
 }
 
 /* Forward prologue: xw = x @ w_ih^T for all T*B rows. */

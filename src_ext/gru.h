@@ -17,10 +17,11 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_spli
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[4 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
+    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
-        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+        for (rf_index grp = g_cur; grp == g_cur; grp++) {
             SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -94,10 +95,11 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
+    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
-        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+        for (rf_index grp = g_cur; grp == g_cur; grp++) {
             SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -129,6 +131,7 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
 RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
+    SFX(pack_panels)(c, &sp);
     SFX(input_projection)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(gru_fwd_rz)(c, s, &sp);
@@ -157,13 +160,14 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
+    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t1, len1;
             A[i] = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1) ? a_tb + (t1 * B + r0 + i) * GH : zero;
         }
-        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+        for (rf_index grp = g_cur; grp == g_cur; grp++) {
             SFX(gemm_tile)(nr, NV, A, Kq, panel + grp * Kq * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -219,13 +223,14 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
+    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t, len;
             A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dg_tb + (t * B + r0 + i) * GH + 2 * H : zero;
         }
-        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+        for (rf_index grp = g_cur; grp == g_cur; grp++) {
             SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -250,6 +255,7 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
 RF_CLONES void SFX(gru_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
+    SFX(pack_panels)(c, &sp);
     for (rf_index s = c->T - 1; s >= -1; s--) {
         SFX(gru_bwd_h)(c, s, &sp);
         rf_sync(&sp);

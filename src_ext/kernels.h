@@ -17,6 +17,16 @@
 
 typedef int64_t rf_index;
 
+/* One operand to pack into panels at the start of a call (see rf_pack_f32): packing runs inside the
+ * kernel's parallel region, each thread packing its share of the panel groups. */
+typedef struct {
+    const void *src;
+    void *dst;
+    rf_index s_g, s_j, s_k, Gs, N, K, ub;
+} rf_pack_spec;
+
+#define RF_MAX_PACKS 8
+
 /* One context for all cells and both dtypes; pointers are float* or double* as the dtype says. Unused
  * fields are NULL / 0. Sizes are 64-bit so that T*B*G*H beyond 2**31 indexes correctly. */
 typedef struct {
@@ -27,6 +37,8 @@ typedef struct {
     int proj;               /* LSTM with projection (K = P < H) */
     int n_threads;
     const int64_t *lengths; /* (B,) valid steps per row, or NULL for T everywhere */
+    rf_pack_spec packs[RF_MAX_PACKS];  /* panels to fill before anything else */
+    int n_packs;
 
     /* ---- forward inputs ---- */
     const void *x;          /* (T, B, I) */

@@ -16,10 +16,11 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[4 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
+    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
-        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+        for (rf_index grp = g_cur; grp == g_cur; grp++) {
             SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -96,10 +97,11 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(K, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
+    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
-        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+        for (rf_index grp = g_cur; grp == g_cur; grp++) {
             SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -128,6 +130,7 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
 RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
+    SFX(pack_panels)(c, &sp);
     SFX(input_projection)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(lstm_fwd_gates)(c, s, &sp);
@@ -185,14 +188,15 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(K, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
+    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t1, len1;
             const int act1 = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1);
             A[i] = act1 ? dg_tb + (t1 * B + r0 + i) * GH : zero;
         }
-        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+        for (rf_index grp = g_cur; grp == g_cur; grp++) {
             SFX(gemm_tile)(nr, NV, A, GH, panel + grp * GH * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -229,13 +233,14 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
+    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t, len;
             A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dhp_tb + (t * B + r0 + i) * K : zero;
         }
-        for (rf_index grp = g_lo; grp < g_hi; grp++) {
+        for (rf_index grp = g_cur; grp == g_cur; grp++) {
             SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -260,6 +265,7 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
 RF_CLONES void SFX(lstm_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
+    SFX(pack_panels)(c, &sp);
     for (rf_index s = c->T - 1; s >= -1; s--) {
         SFX(lstm_bwd_rec)(c, s, &sp);
         rf_sync(&sp);
