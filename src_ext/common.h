@@ -11,8 +11,9 @@ typedef int64_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 #endif
 #define IVEC SFX(ivec)
 
-/* Register tile limits: at most 16 accumulators (half the AVX-512 register file) per tile. */
-#define RF_RMAX(nv) ((nv) <= 2 ? 8 : 4)
+/* Row tiles of up to 8 rows: a panel streamed from L2 then feeds 8 rows per load. A tile of more than
+ * 4 rows runs over at most 2 panel vectors at a time (<= 16 accumulators, half the AVX-512 registers). */
+#define RF_RMAX(nv) 8
 
 static RF_INLINE VEC SFX(vload)(const REAL *p) { VEC v; memcpy(&v, p, sizeof v); return v; }
 static RF_INLINE void SFX(vstore)(REAL *p, VEC v) { memcpy(p, &v, sizeof v); }
@@ -96,9 +97,9 @@ static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(
         VEC acc[RR][NVV];                                                           \
         _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
         _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
-            acc[r][v] = acc_in ? SFX(vload)(out + (r * (NVV) + v) * V) : (VEC){0};  \
+            acc[r][v] = acc_in ? SFX(vload)(out + r * ldo + v * V) : (VEC){0};      \
         for (rf_index k = 0; k < K; k++) {                                          \
-            const REAL *pk = panel + k * ((NVV) * V);                               \
+            const REAL *pk = panel + k * ldp;                                       \
             VEC w[NVV];                                                             \
             _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                   \
                 w[v] = SFX(vload)(pk + v * V);                                      \
@@ -110,14 +111,16 @@ static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(
         }                                                                           \
         _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
         _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
-            SFX(vstore)(out + (r * (NVV) + v) * V, acc[r][v]);                      \
+            SFX(vstore)(out + r * ldo + v * V, acc[r][v]);                          \
         return;                                                                     \
     }
 
 /* Out of line and multi-versioned on its own: inlining its 24 variants into every phase would multiply
- * compile time without changing speed (a tile runs K iterations; the call is noise). */
-RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_x)(
-        int R, int NV, const REAL *const *A, rf_index ak, rf_index K, const REAL *panel, int acc_in, REAL *out) {
+ * compile time without changing speed (a tile runs K iterations; the call is noise). The panel has row
+ * stride ldp, out row stride ldo (both in elements). */
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
+        int R, int NV, const REAL *const *A, rf_index ak, rf_index K, const REAL *panel, rf_index ldp,
+        int acc_in, REAL *out, rf_index ldo) {
     switch (R * 8 + NV) {
         RF_TILE(1, 1) RF_TILE(2, 1) RF_TILE(3, 1) RF_TILE(4, 1)
         RF_TILE(5, 1) RF_TILE(6, 1) RF_TILE(7, 1) RF_TILE(8, 1)
@@ -127,6 +130,19 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_x)(
         RF_TILE(1, 4) RF_TILE(2, 4) RF_TILE(3, 4) RF_TILE(4, 4)
         default: break;
     }
+}
+
+/* out (R x NV vectors, rows NV*V apart) (+)= A rows @ a panel group of NV vectors. Up to 4 rows take all
+ * vectors in one pass (more independent chains at small batch); 5 to 8 rows go 2 vectors at a time. */
+static RF_INLINE void SFX(gemm_tile_x)(int R, int NV, const REAL *const *A, rf_index ak, rf_index K,
+                                       const REAL *panel, int acc_in, REAL *out) {
+    if (R <= 4) {
+        SFX(gemm_tile_k)(R, NV, A, ak, K, panel, NV * V, acc_in, out, NV * V);
+        return;
+    }
+    for (int v0 = 0; v0 < NV; v0 += 2)
+        SFX(gemm_tile_k)(R, NV - v0 < 2 ? NV - v0 : 2, A, ak, K, panel + v0 * V, NV * V, acc_in, out + v0 * V,
+                         NV * V);
 }
 
 /* A blocked transpose: 16 k at a time, so that whichever of s_j, s_k is the unit stride, the reads walk

@@ -15,7 +15,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
     REAL *hp_tb = (REAL *)c->hprev_tb, *m_tb = (REAL *)c->m_tb;
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
-    REAL out[4 * 4 * V] __attribute__((aligned(64)));
+    REAL out[8 * 4 * V] __attribute__((aligned(64)));
     /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
     for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
         const REAL *A[8];
