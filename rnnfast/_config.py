@@ -30,6 +30,17 @@ def _default_threads():
 _num_threads = _default_threads() if _kernels.openmp_enabled() else 1
 
 
+def _after_fork_in_child():
+    # A forked child inherits the parent's OpenMP thread pool in a state GNU libgomp cannot use (a parallel
+    # region there hangs); the child runs the kernels on one thread unless it asks again.
+    global _num_threads
+    _num_threads = 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def set_num_threads(n):
     """Set the number of threads rnnfast's kernels use (results do not depend on it, bitwise)."""
     global _num_threads

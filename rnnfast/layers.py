@@ -74,9 +74,18 @@ def _check_dropout(value):
     return float(value)
 
 
+def _asarray(name, value, what="an array"):
+    """numpy.asarray(value), with numpy's complaint about ragged or odd input turned into one naming `name`."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} that numpy cannot convert "
+                        f"({e})") from None
+
+
 def _as_input(name, value, dtype):
     """numpy.asarray(value), checked to be a floating array of the module's dtype."""
-    arr = np.asarray(value)
+    arr = _asarray(name, value, f"a {np.dtype(dtype)} array")
     if arr.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the module's dtype), got {arr.dtype}")
     return arr
@@ -86,7 +95,9 @@ def _check_lengths(lengths, T, B):
     """lengths -> int64 array (B,) with values in [0, T], or None."""
     if lengths is None:
         return None
-    arr = np.asarray(lengths)
+    arr = _asarray("lengths", lengths, f"an integer array of shape ({B},)")
+    if arr.size == 0 and arr.dtype.kind == "f":
+        arr = arr.astype(np.int64)  # [] is an empty integer list, not a float array
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths: expected an integer array of shape ({B},), got dtype {arr.dtype}")
     if arr.shape != (B,):
@@ -118,7 +129,14 @@ class _Module:
 
     def _init_params(self, units, hidden_size, dtype, seed):
         self.dtype = _check_dtype(dtype)
-        seed_seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        if isinstance(seed, np.random.SeedSequence):
+            seed_seq = seed
+        else:
+            if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)):
+                raise TypeError(f"seed: expected None or a non-negative integer, got {type(seed).__name__} {seed!r}")
+            if seed is not None and seed < 0:
+                raise ValueError(f"seed: expected None or a non-negative integer, got {seed}")
+            seed_seq = np.random.SeedSequence(None if seed is None else int(seed))
         # The init generator is numpy.random.default_rng(seed) itself; dropout draws from a spawned child so
         # that it never shifts the weights a given seed produces.
         init_rng = np.random.default_rng(seed_seq)
@@ -172,7 +190,7 @@ class _Module:
         for name, param in self.params.items():
             if name not in state_dict:
                 continue
-            value = np.asarray(state_dict[name])
+            value = _asarray(f"state_dict[{name!r}]", state_dict[name], "a real numeric array")
             if value.dtype.kind not in "biuf":
                 raise TypeError(f"state_dict[{name!r}]: expected a real numeric array, got dtype {value.dtype}")
             if value.shape != param.shape:
@@ -370,7 +388,7 @@ class _RecurrentLayer(_Module):
         batch = x_tbi.shape[1] if batched else None
         h0, c0 = self._split_hx(hx, batch)
         if lengths is not None and not batched:
-            lengths = np.atleast_1d(np.asarray(lengths))  # one sequence: a scalar or (1,)
+            lengths = np.atleast_1d(_asarray("lengths", lengths, "an integer"))  # one sequence: a scalar or (1,)
         lengths = _check_lengths(lengths, x_tbi.shape[0], x_tbi.shape[1])
         D = self.num_directions
         layer_in = x_tbi
@@ -631,16 +649,14 @@ class GRUCell(_Cell):
 
 # ----------------------------------------------------------------------------------------------------------
 
-def clip_grad_norm(modules, max_norm, norm_type=2.0):
-    """Scale the gradients of ``modules`` (one module or an iterable of them) in place so that their
-    total norm is at most ``max_norm``, as torch.nn.utils.clip_grad_norm_. Returns the total norm before
-    clipping."""
-    if isinstance(modules, _Module):
-        modules = [modules]
-    grads = [g for m in modules for g in m.grads.values()]
-    norm_type = float(norm_type)
-    if norm_type <= 0:
-        raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type}")
+def clip_grad_norm(grads, max_norm, norm_type=2.0):
+    """Scale gradients in place so that their total norm is at most ``max_norm``, as
+    torch.nn.utils.clip_grad_norm_; returns the total norm before clipping (the remedy for exploding
+    gradients). ``grads``: a module (its ``.grads``), a ``grads`` dict, one gradient array, or an iterable
+    of any of these."""
+    grads = list(_gradient_arrays("grads", grads))
+    max_norm = _positive_float("max_norm", max_norm, allow_zero=True)
+    norm_type = _positive_float("norm_type", norm_type, allow_zero=False)
     if not grads:
         return 0.0
     if np.isinf(norm_type):
@@ -648,8 +664,36 @@ def clip_grad_norm(modules, max_norm, norm_type=2.0):
     else:
         total = float(sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type)) for g in grads)
                       ) ** (1.0 / norm_type)
-    scale = float(max_norm) / (total + 1e-6)
+    scale = max_norm / (total + 1e-6)
     if scale < 1.0:
         for g in grads:
             g *= g.dtype.type(scale)
     return total
+
+
+def _positive_float(name, value, allow_zero):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, "
+                        f"got {type(value).__name__} {value!r}")
+    value = float(value)
+    if value < 0 or (value == 0 and not allow_zero) or np.isnan(value):
+        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value}")
+    return value
+
+
+def _gradient_arrays(name, grads):
+    """The float arrays in a module, a grads dict, an array, or an iterable of these (writable, in place)."""
+    if isinstance(grads, _Module):
+        yield from grads.grads.values()
+    elif isinstance(grads, dict):
+        for key, g in grads.items():
+            yield from _gradient_arrays(f"{name}[{key!r}]", g)
+    elif isinstance(grads, np.ndarray):
+        if grads.dtype.kind != "f":
+            raise TypeError(f"{name}: expected float gradient arrays, got dtype {grads.dtype}")
+        yield grads
+    elif isinstance(grads, (list, tuple)) or hasattr(grads, "__iter__") and not isinstance(grads, (str, bytes)):
+        for i, g in enumerate(grads):
+            yield from _gradient_arrays(f"{name}[{i}]", g)
+    else:
+        raise TypeError(f"{name}: expected a module, a grads dict or gradient arrays, got {type(grads).__name__}")

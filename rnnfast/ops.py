@@ -135,6 +135,11 @@ def _validate(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None, w_peep=None):
         _check_shape("c0", c0, (B, H))
         w_peep = _as_float_array("w_peep", w_peep, dtype)
         _check_shape("w_peep", w_peep, (3, H))
+    # Every (T, B, .) array rnnfast allocates must be addressable (reachable only with I = 0, where x is empty).
+    biggest = T * B * max(G * H, K, I, 1) * dtype.itemsize
+    if biggest > np.iinfo(np.intp).max:
+        raise MemoryError(f"x: T = {T}, B = {B} with G*H = {G * H} need {biggest} bytes per (T, B, G*H) array, "
+                          f"beyond the address space")
     return (dtype, T, B, I, H, K, _c(x), _c(h0), _c(c0), _c(w_ih), _c(w_hh), _c(b_ih), _c(b_hh),
             _c(w_hr), _c(w_peep))
 

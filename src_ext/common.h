@@ -62,7 +62,8 @@ static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale) {
 }
 static RF_INLINE VEC SFX(vsigmoid)(VEC x) {
     VEC scale, q = SFX(vexp_parts)(-x, &scale);
-    return 1.0f / (1.0f + (scale + scale * q));
+    /* Below -88.72 exp(-x) overflows float: the sigmoid is 0 there, as 1/(1+inf) is for torch. */
+    return SFX(vselect)(x < -88.72f, SFX(vsplat)(0), 1.0f / (1.0f + (scale + scale * q)));
 }
 /* tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)): no cancellation near 0, no overflow for large |x|. */
 static RF_INLINE VEC SFX(vtanh)(VEC x) {
