@@ -200,6 +200,15 @@ static RF_INLINE int SFX(row_at)(const rf_ctx *c, rf_index s, rf_index b, rf_ind
     for (rf_index r0 = (r_lo); r0 < (r_hi); r0 += RF_RMAX(NV))                 \
         for (int nr = (int)((r_hi) - r0 < RF_RMAX(NV) ? (r_hi) - r0 : RF_RMAX(NV)); nr > 0; nr = 0)
 
+/* Whether any of rows r0..r0+nr-1 is active at step s: a tile of padded rows skips its GEMM, so that
+ * variable lengths cost less than full ones, never more. */
+static RF_INLINE int SFX(any_active)(const rf_ctx *c, rf_index s, rf_index r0, int nr) {
+    if (!c->lengths) return s >= 0 && s < c->T;
+    for (int i = 0; i < nr; i++)
+        if (s >= 0 && s < c->lengths[r0 + i]) return 1;
+    return 0;
+}
+
 /* The whole-sequence GEMMs that bracket the time loop run in the same parallel region, on the same tiles:
  * out[n, :] = A[n, :K] @ panels for the T*B rows n, split between threads by rows. No BLAS thread pool
  * ever runs between (or, worse, spins beside) the kernel's own threads. Gs gates of N units per row are

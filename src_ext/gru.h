@@ -22,7 +22,8 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_spli
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -100,7 +101,8 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -168,7 +170,8 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
             A[i] = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1) ? a_tb + (t1 * B + r0 + i) * GH : zero;
         }
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, Kq, panel + grp * Kq * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, Kq, panel + grp * Kq * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -231,7 +234,8 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
             A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dg_tb + (t * B + r0 + i) * GH + 2 * H : zero;
         }
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;

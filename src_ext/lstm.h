@@ -21,7 +21,8 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -102,7 +103,8 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -197,7 +199,8 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
             A[i] = act1 ? dg_tb + (t1 * B + r0 + i) * GH : zero;
         }
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, GH, panel + grp * GH * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, GH, panel + grp * GH * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -241,7 +244,8 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
             A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dhp_tb + (t * B + r0 + i) * K : zero;
         }
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;

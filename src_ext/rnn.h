@@ -17,7 +17,8 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -82,7 +83,8 @@ static RF_INLINE void SFX(rnn_bwd_step)(const rf_ctx *c, rf_index s, const rf_sp
             A[i] = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1) ? dg_tb + (t1 * B + r0 + i) * H : zero;
         }
         for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+            if (s < 0 || SFX(any_active)(c, s, r0, nr))
+                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
