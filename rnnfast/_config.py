@@ -1,5 +1,6 @@
 """Thread count and build facts: the one place that decides how many threads the kernels use."""
 import os
+import warnings
 
 from . import _kernels
 
@@ -30,11 +31,15 @@ def _default_threads():
 _num_threads = _default_threads() if _kernels.openmp_enabled() else 1
 
 
+_forked_child = False
+
+
 def _after_fork_in_child():
     # A forked child inherits the parent's OpenMP thread pool in a state GNU libgomp cannot use (a parallel
-    # region there hangs); the child runs the kernels on one thread unless it asks again.
-    global _num_threads
+    # region there hangs for ever): the child runs the kernels on one thread.
+    global _num_threads, _forked_child
     _num_threads = 1
+    _forked_child = True
 
 
 if hasattr(os, "register_at_fork"):
@@ -49,6 +54,12 @@ def set_num_threads(n):
     n = int(n.__index__()) if not isinstance(n, int) else n
     if n < 1:
         raise ValueError(f"n: expected a positive integer, got {n}")
+    if _forked_child and n > 1:
+        warnings.warn("rnnfast.set_num_threads: this process was forked from one that may have used OpenMP "
+                      "threads, which GNU libgomp cannot start again after fork; the kernels stay on 1 thread "
+                      "(use the 'spawn' or 'forkserver' start method for threaded workers)", RuntimeWarning,
+                      stacklevel=2)
+        n = 1
     _num_threads = n if _kernels.openmp_enabled() else 1
 
 

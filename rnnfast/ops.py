@@ -386,11 +386,10 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         elif before:
             wq2_pack, uq2 = _pack(packs, s.w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype)
         wihq_pack, uihq = _pack(packs, s.w_ih, 0, 0, 1, I, 1, I, GH, dtype)
-        x = s.x
+        xp_pack, uxp = _pack(packs, s.x, 0, 0, 1, I, 1, I, N, dtype)
         if s.lengths is not None and s.lengths.min() < T:
             # The padding of x is never read (as with torch's PackedSequence), not even multiplied by 0.
-            x = np.where((np.arange(T)[:, None] < s.lengths)[:, :, None], x, 0)
-        xp_pack, uxp = _pack(packs, x, 0, 0, 1, I, 1, I, N, dtype)
+            packs[-1] += (s.lengths,)
         hp_pack, uhp = _pack(packs, a["hprev_tb"], 0, 0, 1, K, 1, K, N, dtype)
         mp_pack, ump = None, 1
         if proj or before:

@@ -13,6 +13,8 @@ cdef extern from "kernels.h" nogil:
         const void *src
         void *dst
         rf_index s_g, s_j, s_k, Gs, N, K, ub
+        const int64_t *row_len
+        rf_index row_B
     enum: RF_MAX_PACKS
     ctypedef struct rf_ctx:
         rf_index T, B, n_in, H, K, G
@@ -148,9 +150,17 @@ def pack(cnp.ndarray src, rf_index offset, rf_index s_g, rf_index s_j, rf_index 
 
 
 cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:
-    """spec = (src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst), checked so that every element the packing
-    reads lies inside src and dst is large enough."""
-    src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst = spec
+    """spec = (src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst[, row_len]), checked so that every element the
+    packing reads lies inside src and dst is large enough; row_len (B,) int64 zeroes padded (t, b) rows."""
+    src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst = spec[:10]
+    row_len = spec[10] if len(spec) > 10 else None
+    p.row_len = NULL
+    p.row_B = 1
+    if row_len is not None:
+        if cnp.PyArray_SIZE(<cnp.ndarray>row_len) < 1 or K % cnp.PyArray_SIZE(<cnp.ndarray>row_len):
+            raise ValueError("internal: row lengths do not divide the reduction")
+        p.row_len = <const int64_t *>_ptr(row_len, cnp.NPY_INT64, "row lengths")
+        p.row_B = cnp.PyArray_SIZE(<cnp.ndarray>row_len)
     cdef rf_index V = lanes(src.dtype)
     if dst.ndim != 1 or dst.shape[0] < rf_pack_size(Gs, N, K, ub, V):
         raise ValueError("internal: pack destination too small")

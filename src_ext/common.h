@@ -150,7 +150,7 @@ static RF_INLINE void SFX(gemm_tile_x)(int R, int NV, const REAL *const *A, rf_i
  * along cache lines and the 16 x V tile being written stays in L1. */
 static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k, rf_index Gs,
                                        rf_index N, rf_index K, rf_index ub, rf_index g_lo, rf_index g_hi,
-                                       REAL *dst) {
+                                       REAL *dst, const int64_t *row_len, rf_index row_B) {
     const rf_index NV = Gs * ub, KB = 16;
     for (rf_index grp = g_lo; grp < g_hi; grp++)
         for (rf_index sb = 0; sb < ub; sb++)
@@ -160,7 +160,7 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
                 REAL *d0 = dst + (grp * K * NV + sb * Gs + g) * V;
                 for (rf_index k0 = 0; k0 < K; k0 += KB) {
                     const rf_index kn = K - k0 < KB ? K - k0 : KB;
-                    if (s_k == 1) {
+                    if (s_k == 1 && !row_len) {
                         for (int lane = 0; lane < V; lane++) {
                             const REAL *sp = src + g * s_g + (j0 + lane) * s_j + k0;
                             for (rf_index kk = 0; kk < kn; kk++)
@@ -168,9 +168,12 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
                         }
                     } else {
                         for (rf_index kk = 0; kk < kn; kk++) {
-                            const REAL *sp = src + g * s_g + j0 * s_j + (k0 + kk) * s_k;
-                            REAL *dp = d0 + (k0 + kk) * NV * V;
-                            for (int lane = 0; lane < V; lane++) dp[lane] = lane < nl ? sp[lane * s_j] : (REAL)0;
+                            const rf_index k = k0 + kk;
+                            const REAL *sp = src + g * s_g + j0 * s_j + k * s_k;
+                            REAL *dp = d0 + k * NV * V;
+                            const int live = !row_len || k / row_B < row_len[k % row_B];
+                            for (int lane = 0; lane < V; lane++)
+                                dp[lane] = live && lane < nl ? sp[lane * s_j] : (REAL)0;
                         }
                     }
                 }
@@ -184,7 +187,7 @@ static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_ind
 
 void SFX(rf_pack)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k,
                   rf_index Gs, rf_index N, rf_index K, rf_index ub, REAL *dst) {
-    SFX(pack_groups)(src, s_g, s_j, s_k, Gs, N, K, ub, 0, RF_NGRP(N, ub), dst);
+    SFX(pack_groups)(src, s_g, s_j, s_k, Gs, N, K, ub, 0, RF_NGRP(N, ub), dst, NULL, 1);
 }
 
 /* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it
@@ -247,7 +250,8 @@ static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
         const rf_pack_spec *p = &c->packs[i];
         const rf_index ngrp = RF_NGRP(p->N, p->ub);
         SFX(pack_groups)((const REAL *)p->src, p->s_g, p->s_j, p->s_k, p->Gs, p->N, p->K, p->ub,
-                         ngrp * sp->tid / sp->nt, ngrp * (sp->tid + 1) / sp->nt, (REAL *)p->dst);
+                         ngrp * sp->tid / sp->nt, ngrp * (sp->tid + 1) / sp->nt, (REAL *)p->dst, p->row_len,
+                         p->row_B > 0 ? p->row_B : 1);
     }
     rf_sync_all(sp);
 }

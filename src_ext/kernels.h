@@ -23,6 +23,10 @@ typedef struct {
     const void *src;
     void *dst;
     rf_index s_g, s_j, s_k, Gs, N, K, ub;
+    /* Optional: the reduction index k is a (t, b) row, k = t*row_B + b; rows with t >= row_len[b] (padding,
+     * never read, as torch never reads the padding of a PackedSequence) pack as zeros. */
+    const int64_t *row_len;
+    rf_index row_B;
 } rf_pack_spec;
 
 #define RF_MAX_PACKS 8
