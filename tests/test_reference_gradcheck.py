@@ -6,20 +6,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rnnfast import reference
+from test_ops import CASES, GATES  # one list of cell variants for all the tests
 from tolerances import FD_ATOL, FD_EPS, FD_RTOL, assert_close
 
-# name -> (cell, options). proj/peep are LSTM-only test options (w_hr / w_peep present).
-CASES = {
-    "rnn_tanh": ("rnn", dict(nonlinearity="tanh")),
-    "rnn_relu": ("rnn", dict(nonlinearity="relu")),
-    "lstm": ("lstm", {}),
-    "lstm_proj": ("lstm", dict(proj=True)),
-    "lstm_peep": ("lstm", dict(peep=True)),
-    "lstm_proj_peep": ("lstm", dict(proj=True, peep=True)),
-    "gru": ("gru", dict(reset_after=True)),
-    "gru_reset_before": ("gru", dict(reset_after=False)),
-}
-GATES = dict(rnn=1, gru=3, lstm=4)
 GRAD_NAMES = dict(rnn=("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"),
                   gru=("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"),
                   lstm=("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "w_peep"))

@@ -40,6 +40,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 import rnnfast
 from rnnfast import ops, reference
 from test_ops import CASES, OUT_NAMES, as64, backward, d_outputs_for, forward, forward_args, make_problem
+from test_ops_invariance import LAYOUTS as OPS_LAYOUTS
 from tolerances import assert_close
 
 LAYERS = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}
@@ -846,36 +847,8 @@ def test_layer_fuzz_everything_matches_the_reference_or_raises(data, kind):
 # ==========================================================================================================
 # 2. Odd but valid input, layer level
 
-def _fortran(v):
-    return np.asfortranarray(v)
-
-
-def _strided(v):
-    big = np.full(tuple(2 * n + 1 for n in v.shape), 7, v.dtype)
-    view = big[tuple(slice(1, None, 2) for _ in v.shape)]
-    view[...] = v
-    return view
-
-
-def _negative(v):
-    flip = tuple(slice(None, None, -1) for _ in v.shape)
-    return np.ascontiguousarray(v[flip])[flip]
-
-
-def _readonly(v):
-    c = np.array(v)
-    c.flags.writeable = False
-    return c
-
-
-def _strided_readonly(v):
-    c = _strided(v)
-    c.flags.writeable = False
-    return c
-
-
-LAYOUTS = dict(fortran=_fortran, strided=_strided, negative=_negative, readonly=_readonly,
-               strided_readonly=_strided_readonly)
+# The array layouts of the ops-level invariance tests, but for transposed (layers take (T, B, I) as given).
+LAYOUTS = {k: f for k, f in OPS_LAYOUTS.items() if k != "transposed"}
 LAYER_CONFIGS = {
     "rnn_relu": ("rnn", dict(nonlinearity="relu", bidirectional=True)),
     "lstm_proj": ("lstm", dict(proj_size=2, bidirectional=True, batch_first=True)),
