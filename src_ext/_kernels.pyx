@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Binding of the compiled time loops (src_ext/*.h). Users call rnnfast.ops, which validates every
-argument first; this module only checks, as a last line of defence, that each array it hands to C code is
-C-contiguous with the expected dtype, so no mistake upstream can turn into an out-of-bounds access."""
+argument first; this module checks again, as a last line of defence, that each array it hands to C code is
+C-contiguous with the expected dtype and holds at least the elements the loops touch, so no mistake upstream
+can turn into an out-of-bounds access."""
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 
@@ -176,6 +177,21 @@ cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:
     return 0
 
 
+def _check_sizes(dict a, rf_index T, rf_index B, rf_index I, rf_index H, rf_index K, int G, rf_index V):
+    """Every array the loops index must hold at least the elements they touch (sizes are 64-bit)."""
+    cdef rf_index GH = G * H, TB = T * B, Hp = (H + V - 1) // V * V
+    need = {"lengths": B, "x": TB * I, "xw": TB * GH, "bias": GH, "b_hn": H, "peep": 3 * H, "y": TB * K,
+            "gates_tb": TB * GH, "c_tb": TB * H, "cprev_tb": TB * H, "hprev_tb": TB * K, "m_tb": TB * H,
+            "dy": TB * K, "dh_n": B * K, "dc_n": B * H, "dg_tb": TB * GH, "dgh_tb": TB * GH, "dhp_tb": TB * K,
+            "dh0": B * K, "dx": TB * I, "dw_ih": GH * I, "dw_hh": GH * K, "dw_hr": K * H, "hbuf": 2 * B * K,
+            "cbuf": B * Hp, "mbuf": B * H, "zero": max(GH, K, H) + V}
+    for name, n in need.items():
+        arr = a.get(name)
+        if arr is not None and cnp.PyArray_SIZE(<cnp.ndarray>arr) < n:
+            raise ValueError(f"internal: {name} holds {cnp.PyArray_SIZE(<cnp.ndarray>arr)} elements, "
+                             f"the loop touches {n}")
+
+
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1):
@@ -187,6 +203,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
     c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2; c.uih = uih; c.uihq = uihq
     c.uxp = uxp; c.uhp = uhp; c.ump = ump
+    _check_sizes(a, T, B, I, H, K, G, lanes(dtype))
     packs = a.get("packs", ())
     if len(packs) > RF_MAX_PACKS:
         raise ValueError("internal: too many operands to pack")

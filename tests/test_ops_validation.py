@@ -375,3 +375,16 @@ def test_anything_either_works_or_raises_type_or_value_error(data, case, Tx, Bx,
         if g is not None:
             assert g.shape == r.shape
             np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_binding_refuses_arrays_shorter_than_the_loops_touch(monkeypatch):
+    """The last line of defence: even an array that rnnfast.ops itself got wrong never reaches the C loops."""
+    from rnnfast import _kernels
+    real_run = _kernels.run
+
+    def short_y(cell, backward, dtype, a, *args, **kw):
+        return real_run(cell, backward, dtype, dict(a, y=np.empty(a["y"].size - 1, a["y"].dtype)), *args, **kw)
+
+    monkeypatch.setattr(_kernels, "run", short_y)
+    with pytest.raises(ValueError, match="y holds 29 elements, the loop touches 30"):
+        ops.rnn_forward(np.ones((3, 2, 4)), None, np.ones((5, 4)), np.ones((5, 5)))

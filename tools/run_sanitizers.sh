@@ -66,6 +66,7 @@ run_asan() {
 import numpy as np
 from rnnfast import ops, _kernels
 real_run = _kernels.run
+_kernels._check_sizes = lambda *args: None   # the binding's own size check would stop the canary first
 def short_y(cell, backward, dtype, a, *args, **kw):
     if not backward:
         a = dict(a, y=np.empty(a["y"].size - 1, a["y"].dtype))
