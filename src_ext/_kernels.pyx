@@ -74,10 +74,6 @@ cdef extern from "kernels.h" nogil:
     int rf_openmp_enabled()
     int rf_max_threads()
     rf_index rf_pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, rf_index V)
-    void rf_pack_f32(const float *src, rf_index s_g, rf_index s_j, rf_index s_k,
-                     rf_index Gs, rf_index N, rf_index K, rf_index ub, float *dst)
-    void rf_pack_f64(const double *src, rf_index s_g, rf_index s_j, rf_index s_k,
-                     rf_index Gs, rf_index N, rf_index K, rf_index ub, double *dst)
     void rf_rnn_forward_f32(const rf_ctx *c)
     void rf_rnn_forward_f64(const rf_ctx *c)
     void rf_rnn_backward_f32(const rf_ctx *c)
@@ -126,28 +122,6 @@ cdef void *_ptr(object a, int typenum, str name) except? NULL:
         raise ValueError(f"internal: {name} must be C-contiguous {cnp.PyArray_DescrFromType(typenum)}, "
                          f"got {arr.dtype} (C-contiguous: {bool(cnp.PyArray_IS_C_CONTIGUOUS(arr))})")
     return cnp.PyArray_DATA(arr)
-
-
-def pack(cnp.ndarray src, rf_index offset, rf_index s_g, rf_index s_j, rf_index s_k,
-         rf_index Gs, rf_index N, rf_index K, rf_index ub, cnp.ndarray dst):
-    """Pack src[offset + g*s_g + j*s_j + k*s_k] for (g < Gs, j < N, k < K) into panel groups of ub unit
-    blocks in dst (see kernels.h). Strides and offset are in elements."""
-    cdef int typenum = cnp.PyArray_TYPE(src)
-    cdef rf_index V = lanes(src.dtype)
-    if src.ndim < 1 or dst.ndim != 1 or dst.shape[0] < rf_pack_size(Gs, N, K, ub, V):
-        raise ValueError("internal: pack destination too small")
-    if N > 0 and K > 0:
-        last = offset + (Gs - 1) * s_g + (N - 1) * s_j + (K - 1) * s_k
-        if offset < 0 or last >= cnp.PyArray_SIZE(src):
-            raise ValueError("internal: pack source out of range")
-    cdef void *sp = _ptr(src, typenum, "pack source")
-    cdef void *dp = _ptr(dst, typenum, "pack destination")
-    with nogil:
-        if typenum == cnp.NPY_FLOAT32:
-            rf_pack_f32(<const float *>sp + offset, s_g, s_j, s_k, Gs, N, K, ub, <float *>dp)
-        else:
-            rf_pack_f64(<const double *>sp + offset, s_g, s_j, s_k, Gs, N, K, ub, <double *>dp)
-    return dst
 
 
 cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:

@@ -185,11 +185,6 @@ static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_ind
     SFX(gemm_tile_x)(R, NV, A, 1, K, panel, 0, out);
 }
 
-void SFX(rf_pack)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k,
-                  rf_index Gs, rf_index N, rf_index K, rf_index ub, REAL *dst) {
-    SFX(pack_groups)(src, s_g, s_j, s_k, Gs, N, K, ub, 0, RF_NGRP(N, ub), dst, NULL, 1);
-}
-
 /* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it
  * is active (s < length). Reverse rows run from length-1 down to 0. */
 static RF_INLINE int SFX(row_at)(const rf_ctx *c, rf_index s, rf_index b, rf_index *t, rf_index *len) {

@@ -17,7 +17,8 @@
 
 typedef int64_t rf_index;
 
-/* One operand to pack into panels at the start of a call (see rf_pack_f32): packing runs inside the
+/* One operand to pack into panels at the start of a call, element (g, j, k) = src[g*s_g + j*s_j + k*s_k]
+ * (group grp holds k-major rows of Gs*ub vectors of V lanes; see pack_groups in common.h): packing runs inside the
  * kernel's parallel region, each thread packing its share of the panel groups. */
 typedef struct {
     const void *src;
@@ -106,14 +107,9 @@ const char *rf_simd_path(void);
 int rf_openmp_enabled(void);
 int rf_max_threads(void);
 
-/* Packs a (Gs gates) x (N units) x (K reduction) operand into panel groups of ub unit blocks:
- * element (g, j, k) = src[g*s_g + j*s_j + k*s_k]; returns nothing; dst must hold
- * rf_pack_size(Gs, N, K, ub, V) elements. */
+/* Elements of the panels of a (Gs gates) x (N units) x (K reduction) operand, ub unit blocks per group
+ * (see rf_pack_spec; the packing itself runs inside each loop's parallel region). */
 rf_index rf_pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, rf_index V);
-void rf_pack_f32(const float *src, rf_index s_g, rf_index s_j, rf_index s_k,
-                 rf_index Gs, rf_index N, rf_index K, rf_index ub, float *dst);
-void rf_pack_f64(const double *src, rf_index s_g, rf_index s_j, rf_index s_k,
-                 rf_index Gs, rf_index N, rf_index K, rf_index ub, double *dst);
 
 void rf_rnn_forward_f32(const rf_ctx *c);
 void rf_rnn_forward_f64(const rf_ctx *c);

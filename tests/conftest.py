@@ -33,3 +33,12 @@ def torch():
 def rng(request):
     """A numpy Generator seeded from the test's id: reproducible, and different for each parametrization."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Every test leaves rnnfast's thread count as it found it."""
+    import rnnfast
+    n = rnnfast.get_num_threads()
+    yield
+    rnnfast.set_num_threads(n)

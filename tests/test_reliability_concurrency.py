@@ -21,13 +21,6 @@ from test_ops import CASES, backward, d_outputs_for, forward, make_problem
 from test_reliability_input import LAYERS, as_tuple, nonzero, states_for
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    n = rnnfast.get_num_threads()
-    yield
-    rnnfast.set_num_threads(n)
-
-
 def _ops_job(case, seed, dtype):
     """Forward (training) and backward of a problem big enough for the kernels to use 2 threads when asked
     (B*G*H*K >= 2 * 2**14), with lengths and reverse; returns every result array."""

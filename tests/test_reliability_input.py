@@ -63,13 +63,6 @@ def nonzero(rng, shape, dtype=np.float64):
     return (rng.uniform(0.1, 1.0, shape) * rng.choice([-1.0, 1.0], shape)).astype(dtype)
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    n = rnnfast.get_num_threads()
-    yield
-    rnnfast.set_num_threads(n)
-
-
 # ==========================================================================================================
 # A layer computed with rnnfast.reference: the oracle for the layer-level tests (here and in the other
 # test_reliability_* files). Units are stacked as torch stacks them; dropout masks are taken from the layer.
