@@ -171,6 +171,21 @@ def _threads(B, G, H, K):
     return max(1, min(n, (B * G * H * K) // _MIN_STEP_WORK_PER_THREAD))
 
 
+# The input projection x @ w_ih^T runs in chunks of loop steps, each just before its steps, into a buffer
+# that stays in cache: written and read back once, a whole-sequence buffer larger than the caches costs a
+# round trip through memory. A chunk holds at least 128 rows (enough to reuse each w_ih panel well) and
+# about _XW_CHUNK_BYTES; a sequence whose whole projection is under _XW_WHOLE_BYTES runs in one chunk.
+_XW_CHUNK_BYTES = 1 << 20
+_XW_WHOLE_BYTES = 8 << 20
+
+
+def _xw_steps(T, B, GH, itemsize):
+    step = B * GH * itemsize
+    if T * step <= _XW_WHOLE_BYTES:
+        return T
+    return max(1, min(T, max(-(-128 // B), _XW_CHUNK_BYTES // step)))
+
+
 def _round_up(n, V):
     return -(-n // V) * V
 
@@ -238,7 +253,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
     y = np.empty((T, B, K), dtype)
     bufs = {}
     if T and B:
-        xw = np.empty((T, B, GH), dtype)  # filled inside the kernel's parallel region
+        xw_steps = _xw_steps(T, B, GH, dtype.itemsize)
+        xw = np.empty((xw_steps, B, GH), dtype)  # filled chunk by chunk inside the kernel's parallel region
         packs = []
         wih_pack, uih = _pack(packs, w_ih, 0, H * I, I, 1, G, H, I, dtype)
         # Biases outside the nonlinearity are folded into one vector; GRU reset_after keeps b_hn apart,
@@ -279,7 +295,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 bufs["m_tb"] = np.empty((T, B, H), dtype)
             a.update(bufs)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
-                     _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih)
+                     _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps)
         h_n = hbuf[T % 2].copy()
         if c_n is not None:
             c_n = cbuf[:, :H].copy()

@@ -27,6 +27,7 @@ cdef extern from "kernels.h" nogil:
         const void *wih_pack
         int uih
         void *xw
+        rf_index xw_steps
         const void *bias
         const void *b_hn
         const void *peep
@@ -151,10 +152,11 @@ cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:
     return 0
 
 
-def _check_sizes(dict a, rf_index T, rf_index B, rf_index I, rf_index H, rf_index K, int G, rf_index V):
+def _check_sizes(dict a, rf_index T, rf_index B, rf_index I, rf_index H, rf_index K, int G, rf_index V,
+                 rf_index xw_steps):
     """Every array the loops index must hold at least the elements they touch (sizes are 64-bit)."""
     cdef rf_index GH = G * H, TB = T * B, Hp = (H + V - 1) // V * V
-    need = {"lengths": B, "x": TB * I, "xw": TB * GH, "bias": GH, "b_hn": H, "peep": 3 * H, "y": TB * K,
+    need = {"lengths": B, "x": TB * I, "xw": xw_steps * B * GH, "bias": GH, "b_hn": H, "peep": 3 * H, "y": TB * K,
             "gates_tb": TB * GH, "c_tb": TB * H, "cprev_tb": TB * H, "hprev_tb": TB * K, "m_tb": TB * H,
             "dy": TB * K, "dh_n": B * K, "dc_n": B * H, "dg_tb": TB * GH, "dgh_tb": TB * GH, "dhp_tb": TB * K,
             "dh0": B * K, "dx": TB * I, "dw_ih": GH * I, "dw_hh": GH * K, "dw_hr": K * H, "hbuf": 2 * B * K,
@@ -168,7 +170,8 @@ def _check_sizes(dict a, rf_index T, rf_index B, rf_index I, rf_index H, rf_inde
 
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
-        int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1):
+        int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
+        rf_index xw_steps=0):
     """Run one time loop. `a` maps the rf_ctx pointer field names to arrays (or None); every array must
     already have its documented shape (rnnfast/ops.py guarantees it)."""
     cdef rf_ctx c
@@ -177,7 +180,12 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
     c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2; c.uih = uih; c.uihq = uihq
     c.uxp = uxp; c.uhp = uhp; c.ump = ump
-    _check_sizes(a, T, B, I, H, K, G, lanes(dtype))
+    if xw_steps == 0:
+        xw_steps = T
+    if xw_steps < 1 or xw_steps > max(T, 1):
+        raise ValueError(f"internal: xw_steps {xw_steps} outside 1..{T}")
+    c.xw_steps = xw_steps
+    _check_sizes(a, T, B, I, H, K, G, lanes(dtype), xw_steps)
     packs = a.get("packs", ())
     if len(packs) > RF_MAX_PACKS:
         raise ValueError("internal: too many operands to pack")

@@ -207,14 +207,37 @@ static RF_INLINE int SFX(any_active)(const rf_ctx *c, rf_index s, rf_index r0, i
     return 0;
 }
 
+/* Where the rows of a whole-sequence GEMM live. Without a chunk (c == NULL) row n is A + n*lda and
+ * out + n*ldo. With one, row n is loop step s0 + n / nb of batch row b0 + n % nb: it reads x at that row's
+ * real time step (reverse, lengths; a padded step reads row t = 0, its result is never used) and writes
+ * row (s - s0, b) of the chunk buffer. */
+typedef struct {
+    const rf_ctx *c;
+    rf_index s0, b0, nb;
+} SFX(rowmap);
+
+static RF_INLINE void SFX(map_row)(const SFX(rowmap) *m, rf_index n, const REAL *A, rf_index lda, REAL *out,
+                                   rf_index ldo, const REAL **a_row, REAL **o_row) {
+    if (!m->c) {
+        *a_row = A + n * lda;
+        *o_row = out + n * ldo;
+        return;
+    }
+    const rf_index ds = n / m->nb, b = m->b0 + n % m->nb, B = m->c->B;
+    rf_index t, len;
+    if (!SFX(row_at)(m->c, m->s0 + ds, b, &t, &len)) t = 0;
+    *a_row = A + (t * B + b) * lda;
+    *o_row = out + (ds * B + b) * ldo;
+}
+
 /* The whole-sequence GEMMs that bracket the time loop run in the same parallel region, on the same tiles:
- * out[n, :] = A[n, :K] @ panels for the T*B rows n, split between threads by rows. No BLAS thread pool
- * ever runs between (or, worse, spins beside) the kernel's own threads. Gs gates of N units per row are
- * written to out[n, g*N + j] (the natural torch layout), the tails masked. */
-static RF_INLINE void SFX(rows_gemm)(const rf_split *sp, rf_index rows, const REAL *A, rf_index lda, rf_index K,
-                                     const REAL *panel, int Gs, int ub, rf_index N, REAL *out, rf_index ldo) {
+ * out[n, :] = A[n, :K] @ panels for rows n_lo..n_hi (mapped as above). No BLAS thread pool ever runs
+ * between (or, worse, spins beside) the kernel's own threads. Gs gates of N units per row are written to
+ * out[n, g*N + j] (the natural torch layout), the tails masked. */
+static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, const SFX(rowmap) *map, const REAL *A,
+                                     rf_index lda, rf_index K, const REAL *panel, int Gs, int ub, rf_index N,
+                                     REAL *out, rf_index ldo) {
     const int NV = Gs * ub;
-    const rf_index n_lo = rows * sp->tid / sp->nt, n_hi = rows * (sp->tid + 1) / sp->nt;
     const rf_index ngrp = RF_NGRP(N, ub), RB = 64;
     REAL tile[8 * 4 * V] __attribute__((aligned(64)));
     /* Row blocks outer, groups, then row tiles: each panel group is read once per block of rows. */
@@ -223,7 +246,8 @@ static RF_INLINE void SFX(rows_gemm)(const rf_split *sp, rf_index rows, const RE
         for (rf_index grp = 0; grp < ngrp; grp++) {
             RF_TILE_ROWS(b_lo, b_hi, NV, r0, nr) {
                 const REAL *Ar[8];
-                for (int i = 0; i < nr; i++) Ar[i] = A + (r0 + i) * lda;
+                REAL *Or[8];
+                for (int i = 0; i < nr; i++) SFX(map_row)(map, r0 + i, A, lda, out, ldo, &Ar[i], &Or[i]);
                 SFX(gemm_tile)(nr, NV, Ar, K, panel + grp * K * NV * V, tile);
                 for (int i = 0; i < nr; i++)
                     for (int sb = 0; sb < ub; sb++) {
@@ -231,13 +255,15 @@ static RF_INLINE void SFX(rows_gemm)(const rf_split *sp, rf_index rows, const RE
                         if (j0 >= N) break;
                         const int nl = (int)(N - j0 < V ? N - j0 : V);
                         for (int g = 0; g < Gs; g++)
-                            SFX(vstore_n)(out + (r0 + i) * ldo + g * N + j0,
-                                          SFX(vload)(tile + (i * NV + sb * Gs + g) * V), nl);
+                            SFX(vstore_n)(Or[i] + g * N + j0, SFX(vload)(tile + (i * NV + sb * Gs + g) * V), nl);
                     }
             }
         }
     }
 }
+
+/* A split of whole-sequence rows between the threads. */
+#define RF_SHARE(rows, sp) ((rows) * (sp)->tid / (sp)->nt), ((rows) * ((sp)->tid + 1) / (sp)->nt)
 
 /* Prologue of every call: the panels, each thread packing its share of every operand's groups. */
 static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
@@ -251,17 +277,36 @@ static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
     rf_sync_all(sp);
 }
 
-/* Forward prologue: xw = x @ w_ih^T for all T*B rows. */
-static RF_INLINE void SFX(input_projection)(const rf_ctx *c, rf_split *sp) {
-    SFX(rows_gemm)(sp, c->T * c->B, (const REAL *)c->x, c->n_in, c->n_in, (const REAL *)c->wih_pack,
-                   (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
-    rf_sync_all(sp);
+/* Forward, before loop step s0 whenever s0 starts a chunk: xw rows of steps s0..s0+xw_steps-1 (x @ w_ih^T,
+ * no bias). Batch split: each thread projects its own rows, which only it reads, with no barrier. Hidden
+ * split: the chunk's rows are shared out and the threads meet before the steps read them. The step that
+ * ended the previous chunk ended at a barrier, so no thread still reads the buffer being overwritten. */
+static RF_INLINE void SFX(project_chunk)(const rf_ctx *c, rf_split *sp, rf_index s0) {
+    if (s0 % c->xw_steps) return;
+    const rf_index n = c->T - s0 < c->xw_steps ? c->T - s0 : c->xw_steps;
+    const rf_index b0 = sp->batch ? sp->r_lo : 0, nb = sp->batch ? sp->r_hi - sp->r_lo : c->B;
+    const SFX(rowmap) map = {c, s0, b0, nb};
+    rf_index lo = 0, hi = n * nb;
+    if (!sp->batch) {
+        lo = n * nb * sp->tid / sp->nt;
+        hi = n * nb * (sp->tid + 1) / sp->nt;
+    }
+    if (nb > 0)
+        SFX(rows_gemm)(lo, hi, &map, (const REAL *)c->x, c->n_in, c->n_in, (const REAL *)c->wih_pack,
+                       (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+    rf_sync(sp);
+}
+
+/* The xw rows (B, G*H) of loop step s. */
+static RF_INLINE const REAL *SFX(xw_step)(const rf_ctx *c, rf_index s) {
+    return (const REAL *)c->xw + (s % c->xw_steps) * c->B * c->G * c->H;
 }
 
 /* Backward epilogue: dx = dg @ w_ih for all T*B rows. */
 static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
     rf_sync_all(sp);
-    SFX(rows_gemm)(sp, c->T * c->B, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
+    const SFX(rowmap) ident = {0};
+    SFX(rows_gemm)(RF_SHARE(c->T * c->B, sp), &ident, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
                    (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
 }
 

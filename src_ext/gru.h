@@ -10,7 +10,7 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_spli
     const int after = c->mode == 1, Gs = after ? 3 : 2, ub = c->ub, NV = Gs * ub;
     const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * H;
     REAL *hnext = (REAL *)c->hbuf + ((s + 1) & 1) * B * H;
-    const REAL *xw = (const REAL *)c->xw, *bias = (const REAL *)c->bias, *b_hn = (const REAL *)c->b_hn;
+    const REAL *xws = SFX(xw_step)(c, s), *bias = (const REAL *)c->bias, *b_hn = (const REAL *)c->b_hn;
     const REAL *panel = (const REAL *)c->w_pack;
     REAL *y = (REAL *)c->y, *g_tb = (REAL *)c->gates_tb, *hp_tb = (REAL *)c->hprev_tb, *m_tb = (REAL *)c->m_tb;
     REAL *mb = (REAL *)c->mbuf, *zb = (REAL *)c->cbuf;
@@ -45,7 +45,7 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_spli
                         continue;
                     }
                     const REAL *acc = out + (i * NV + sb * Gs) * V;
-                    const REAL *xr = xw + (t * B + b) * GH + j0;
+                    const REAL *xr = (xws + b * GH) + j0;
                     VEC pr = SFX(vload)(acc) + SFX(vload_n)(xr, nl);
                     VEC pz = SFX(vload)(acc + V) + SFX(vload_n)(xr + H, nl);
                     if (bias) {
@@ -90,7 +90,7 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
     const int ub = c->ub2, NV = ub;
     const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * H;
     REAL *hnext = (REAL *)c->hbuf + ((s + 1) & 1) * B * H;
-    const REAL *xw = (const REAL *)c->xw, *bias = (const REAL *)c->bias, *panel = (const REAL *)c->w2_pack;
+    const REAL *xws = SFX(xw_step)(c, s), *bias = (const REAL *)c->bias, *panel = (const REAL *)c->w2_pack;
     const REAL *mb = (const REAL *)c->mbuf, *zb = (const REAL *)c->cbuf;
     REAL *y = (REAL *)c->y, *g_tb = (REAL *)c->gates_tb;
     rf_index g_lo, g_hi;
@@ -116,7 +116,7 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
                         SFX(zero_n)(y + (s * B + b) * H + j0, nl);
                         continue;
                     }
-                    VEC pn = SFX(vload)(out + (i * NV + sb) * V) + SFX(vload_n)(xw + (t * B + b) * GH + 2 * H + j0, nl);
+                    VEC pn = SFX(vload)(out + (i * NV + sb) * V) + SFX(vload_n)((xws + b * GH) + 2 * H + j0, nl);
                     if (bias) pn += SFX(vload_n)(bias + 2 * H + j0, nl);
                     const VEC n = SFX(vtanh)(pn);
                     const VEC z = SFX(vload)(zb + b * Hp + j0), hp = SFX(vload_n)(hprev + b * H + j0, nl);
@@ -134,8 +134,8 @@ RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
-    SFX(input_projection)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
+        SFX(project_chunk)(c, &sp, s);
         SFX(gru_fwd_rz)(c, s, &sp);
         rf_sync(&sp);
         if (c->mode != 1) {

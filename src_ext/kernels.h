@@ -49,7 +49,9 @@ typedef struct {
     const void *x;          /* (T, B, I) */
     const void *wih_pack;   /* panels of w_ih (all G gates), for the input projection */
     int uih;                /* unit blocks per group of wih_pack */
-    void *xw;               /* (T, B, G*H) workspace: x @ w_ih^T (no bias), computed inside the region */
+    void *xw;               /* (xw_steps, B, G*H) workspace: x @ w_ih^T (no bias) for a chunk of loop steps */
+    rf_index xw_steps;      /* loop steps per chunk (1..T): each chunk is projected just before its steps, so
+                               that it is read back from cache rather than memory (T when the whole fits) */
     const void *bias;       /* (G*H,) b_ih + b_hh folded (GRU reset_after: n part is b_in only), or NULL */
     const void *b_hn;       /* (H,) GRU reset_after: b_hn, kept inside r * (W_hn h + b_hn); or NULL */
     const void *peep;       /* (3, H) LSTM peephole p_i, p_f, p_o, or NULL */

@@ -9,7 +9,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
     const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * K;
     REAL *hnext = (REAL *)c->hbuf + ((s + 1) & 1) * B * K;
     REAL *cb = (REAL *)c->cbuf, *mb = (REAL *)c->mbuf, *y = (REAL *)c->y;
-    const REAL *xw = (const REAL *)c->xw, *bias = (const REAL *)c->bias, *peep = (const REAL *)c->peep;
+    const REAL *xws = SFX(xw_step)(c, s), *bias = (const REAL *)c->bias, *peep = (const REAL *)c->peep;
     const REAL *panel = (const REAL *)c->w_pack;
     REAL *g_tb = (REAL *)c->gates_tb, *c_tb = (REAL *)c->c_tb, *cp_tb = (REAL *)c->cprev_tb;
     REAL *hp_tb = (REAL *)c->hprev_tb, *m_tb = (REAL *)c->m_tb;
@@ -46,7 +46,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
                         continue;
                     }
                     const REAL *acc = out + (i * NV + sb * 4) * V;
-                    const REAL *xr = xw + (t * B + b) * GH + j0;
+                    const REAL *xr = (xws + b * GH) + j0;
                     VEC pre[4];
                     for (int g = 0; g < 4; g++) {
                         pre[g] = SFX(vload)(acc + g * V) + SFX(vload_n)(xr + g * H, nl);
@@ -133,8 +133,8 @@ RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
-    SFX(input_projection)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
+        SFX(project_chunk)(c, &sp, s);
         SFX(lstm_fwd_gates)(c, s, &sp);
         rf_sync(&sp);
         if (c->proj) {

@@ -7,7 +7,7 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
     const int ub = c->ub, NV = ub, relu = c->mode == 1;
     const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * H;
     REAL *hnext = (REAL *)c->hbuf + ((s + 1) & 1) * B * H;
-    const REAL *xw = (const REAL *)c->xw, *bias = (const REAL *)c->bias, *panel = (const REAL *)c->w_pack;
+    const REAL *xws = SFX(xw_step)(c, s), *bias = (const REAL *)c->bias, *panel = (const REAL *)c->w_pack;
     REAL *y = (REAL *)c->y, *g_tb = (REAL *)c->gates_tb, *hp_tb = (REAL *)c->hprev_tb;
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
@@ -36,7 +36,7 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
                         }
                         continue;
                     }
-                    VEC pre = SFX(vload)(out + (i * NV + sb) * V) + SFX(vload_n)(xw + (t * B + b) * H + j0, nl);
+                    VEC pre = SFX(vload)(out + (i * NV + sb) * V) + SFX(vload_n)((xws + b * H) + j0, nl);
                     if (bias) pre += SFX(vload_n)(bias + j0, nl);
                     const VEC h = SFX(rnn_act)(relu, pre);
                     SFX(vstore_n)(hnext + b * H + j0, h, nl);
@@ -55,8 +55,8 @@ RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     rf_split sp;
     rf_split_init(&sp, c->B, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
-    SFX(input_projection)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
+        SFX(project_chunk)(c, &sp, s);
         SFX(rnn_fwd_step)(c, s, &sp);
         rf_sync(&sp);
     }

@@ -348,3 +348,34 @@ def test_zero_input_size(rng, case):
     d = d_outputs_for(rng, out)
     for gi, ri in zip(backward(ops, cell, d, saved, a), backward(reference, cell, d, ref_saved, a)):
         assert_close(gi, ri, np.float64)
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True, ids=["2threads"])
+@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("B", [5, 40], ids=["hidden_split", "batch_split"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_input_projection_in_chunks(rng, monkeypatch, case, dtype, reverse, B, steps, threads):
+    """Long sequences project x @ w_ih^T a few loop steps at a time (ops._xw_steps); forced to chunks of 1-3
+    steps on a small problem (with lengths, so padded and reversed rows cross chunk borders), the results
+    match the reference and are bitwise those of the one-chunk run."""
+    T, I, H = 7, 5, 72
+    cell, a, kw = make_problem(rng, case, T, B, I, H, 5, dtype=dtype)
+    lengths = random_lengths(rng, T, B)
+    whole, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
+    monkeypatch.setattr(ops, "_xw_steps", lambda T, B, GH, itemsize: min(T, steps))
+    out, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
+    ref, _ = forward(reference, cell, {k: as64(v) for k, v in a.items()}, kw, lengths=lengths, reverse=reverse)
+    for name, o, w, r in zip(OUT_NAMES[cell], out, whole, ref):
+        assert_close(o, r, dtype, f"{case} {name}")
+        np.testing.assert_array_equal(o, w, err_msg=f"{case} {name}: chunked != one chunk")
+
+
+def test_xw_chunk_rule():
+    """One chunk while the whole projection is small; else chunks of ~_XW_CHUNK_BYTES, >= 128 rows."""
+    assert ops._xw_steps(100, 1, 512, 4) == 100
+    assert ops._xw_steps(50, 64, 2048, 4) == 2           # 512 KiB a step: 2 steps, 128 rows
+    assert ops._xw_steps(100, 32, 1024, 4) == 8          # 128 KiB a step: 1 MiB
+    assert ops._xw_steps(10, 4096, 4096, 4) == 1         # a step alone is beyond the chunk size
+    assert 1 <= ops._xw_steps(3, 1, 1 << 22, 8) <= 3
