@@ -19,6 +19,8 @@ Extension beyond the contract: `w_peep` (3, H) gives a peephole LSTM (i, f see c
 ONNX defines it); lstm_backward then returns dw_peep as a 9th element.
 """
 
+import threading
+
 import numpy as np
 
 from . import _kernels
@@ -148,13 +150,40 @@ def _validate(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None, w_peep=None):
 # panels
 
 
+# Workspaces that never leave a call (panels, the xw chunks, state buffers, gate gradients) are kept per
+# thread from one call to the next: fresh pages cost a page fault and a zeroing by the kernel each, ~10% of
+# a call that packs 32 MB of weights. Outputs and what `saved` holds are always fresh arrays.
+_SCRATCH_MAX_BYTES = 256 << 20   # larger workspaces are allocated per call and not kept
+_scratch_tls = threading.local()
+
+
+def _scratch(name, shape, dtype, fill=None):
+    """An array of `shape` for use within one call only, reusing this thread's buffer called `name`."""
+    dtype = np.dtype(dtype)
+    n = 1
+    for d in shape:
+        n *= d
+    if n * dtype.itemsize > _SCRATCH_MAX_BYTES:
+        a = np.empty(shape, dtype)
+    else:
+        pool = _scratch_tls.__dict__.setdefault("pool", {})
+        key = (name, dtype.char)
+        buf = pool.get(key)
+        if buf is None or buf.size < n:
+            buf = pool[key] = np.empty(n, dtype)
+        a = buf[:n].reshape(shape)
+    if fill is not None:
+        a.fill(fill)
+    return a
+
+
 def _pack(specs, src, offset, s_g, s_j, s_k, Gs, N, K, dtype):
     """Room for the panels of src (element (g, j, k) = src.flat[offset + g*s_g + j*s_j + k*s_k]) used by the
     compiled GEMM tiles, with ub unit blocks per group so that a tile holds <= 4 vectors. The packing itself
     happens inside the kernel's parallel region: the spec is appended to `specs`."""
     V = _kernels.lanes(dtype)
     ub = max(1, min(4 // Gs, -(-N // V)))
-    dst = np.empty(_kernels.pack_size(Gs, N, K, ub, dtype), dtype)
+    dst = _scratch(f"pack{len(specs)}", (_kernels.pack_size(Gs, N, K, ub, dtype),), dtype)
     specs.append((src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst))
     return dst, ub
 
@@ -254,7 +283,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
     bufs = {}
     if T and B:
         xw_steps = _xw_steps(T, B, GH, dtype.itemsize)
-        xw = np.empty((xw_steps, B, GH), dtype)  # filled chunk by chunk inside the kernel's parallel region
+        xw = _scratch("xw", (xw_steps, B, GH), dtype)  # filled chunk by chunk inside the kernel's parallel region
         packs = []
         wih_pack, uih = _pack(packs, w_ih, 0, H * I, I, 1, G, H, I, dtype)
         # Biases outside the nonlinearity are folded into one vector; GRU reset_after keeps b_hn apart,
@@ -277,14 +306,14 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             w2_pack, ub2 = _pack(packs, w_hr, 0, 0, H, 1, 1, K, H, dtype)
         elif cell == "gru" and not after:
             w2_pack, ub2 = _pack(packs, w_hh, 2 * H * H, 0, H, 1, 1, H, H, dtype)
-        hbuf = np.empty((2, B, K), dtype)
+        hbuf = _scratch("hbuf", (2, B, K), dtype)
         hbuf[0] = h_n
-        cbuf = np.zeros((B, _round_up(H, V)), dtype)
+        cbuf = _scratch("cbuf", (B, _round_up(H, V)), dtype, fill=0)
         if c_n is not None:
             cbuf[:, :H] = c_n
         a = dict(packs=packs, x=x, wih_pack=wih_pack, xw=xw, bias=bias, b_hn=b_hn, peep=w_peep, w_pack=w_pack, w2_pack=w2_pack, y=y,
                  hbuf=hbuf, cbuf=cbuf, lengths=lengths,
-                 mbuf=np.zeros((B, H), dtype) if (proj or (cell == "gru" and not after)) else None)
+                 mbuf=_scratch("mbuf", (B, H), dtype, fill=0) if (proj or (cell == "gru" and not after)) else None)
         if training:
             bufs["gates_tb"] = np.empty((T, B, GH), dtype)
             bufs["hprev_tb"] = np.empty((T, B, K), dtype)
@@ -385,13 +414,13 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     dw_ih = np.zeros((GH, I), dtype)
     dw_hh = np.zeros((GH, K), dtype)
     dw_hr = np.zeros((K, H), dtype) if proj else None
-    dg_tb = np.zeros((T, B, GH), dtype)
+    dg_tb = np.zeros((T, B, GH), dtype) if not N else None  # T*B == 0: bias gradients sum over nothing
     dgh_tb = None
     a = s.buffers
     if N:
         V = _kernels.lanes(dtype)
-        dg_tb = np.empty((T, B, GH), dtype)
-        dgh_tb = np.empty((T, B, GH), dtype) if after else None
+        dg_tb = _scratch("dg_tb", (T, B, GH), dtype)
+        dgh_tb = _scratch("dgh_tb", (T, B, GH), dtype) if after else None
         # Panels: w_hh^T for the recurrent GEMM (GRU reset before: its r, z rows; w_hn^T apart), w_hr for
         # dm = dh @ w_hr, w_ih^T for dx, and the columns of x, hprev, m for the weight gradients.
         packs = []
@@ -410,13 +439,13 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         mp_pack, ump = None, 1
         if proj or before:
             mp_pack, ump = _pack(packs, a["m_tb"], 0, 0, 1, H, 1, H, N, dtype)
-        cbuf = np.zeros((B, _round_up(H, V)), dtype)
+        cbuf = _scratch("cbuf", (B, _round_up(H, V)), dtype, fill=0)
         run_args = dict(a, packs=packs, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, lengths=s.lengths,
                         wq_pack=wq_pack, wq2_pack=wq2_pack, wihq_pack=wihq_pack, xp_pack=xp_pack,
                         hp_pack=hp_pack, mp_pack=mp_pack, dg_tb=dg_tb, dgh_tb=dgh_tb, dh0=dh0, dx=dx,
                         dw_ih=dw_ih, dw_hh=dw_hh, dw_hr=dw_hr, cbuf=cbuf,
-                        dhp_tb=np.empty((T, B, K), dtype) if proj else None,
-                        zero=np.zeros(max(GH, K, H) + V, dtype))
+                        dhp_tb=_scratch("dhp_tb", (T, B, K), dtype) if proj else None,
+                        zero=_scratch("zero", (max(GH, K, H) + V,), dtype, fill=0))
         _kernels.run(cell, True, dtype, run_args, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
                      _threads(B, G, H, K), uq=uq, uq2=uq2, uihq=uihq, uxp=uxp, uhp=uhp, ump=ump)
         if dc0 is not None:
