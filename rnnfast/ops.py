@@ -215,6 +215,12 @@ def _xw_steps(T, B, GH, itemsize):
     return max(1, min(T, max(-(-128 // B), _XW_CHUNK_BYTES // step)))
 
 
+# How the threads share a call: 1 = batch rows per thread (no synchronisation), 2 = hidden units per thread
+# (a barrier per phase), 0 = the compiled rule (batch rows when every thread gets >= 16 of them).
+def _split(cell, B, H, K, training, backward):
+    return 0
+
+
 def _round_up(n, V):
     return -(-n // V) * V
 
@@ -324,7 +330,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 bufs["m_tb"] = np.empty((T, B, H), dtype)
             a.update(bufs)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
-                     _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps)
+                     _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
+                     split=_split(cell, B, H, K, training, False))
         h_n = hbuf[T % 2].copy()
         if c_n is not None:
             c_n = cbuf[:, :H].copy()
@@ -447,7 +454,8 @@ def _backward(cell, dy, dh_n, dc_n, saved):
                         dhp_tb=_scratch("dhp_tb", (T, B, K), dtype) if proj else None,
                         zero=_scratch("zero", (max(GH, K, H) + V,), dtype, fill=0))
         _kernels.run(cell, True, dtype, run_args, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
-                     _threads(B, G, H, K), uq=uq, uq2=uq2, uihq=uihq, uxp=uxp, uhp=uhp, ump=ump)
+                     _threads(B, G, H, K), uq=uq, uq2=uq2, uihq=uihq, uxp=uxp, uhp=uhp, ump=ump,
+                     split=_split(cell, B, H, K, True, True))
         if dc0 is not None:
             keep = slice(None) if s.lengths is None else s.lengths > 0
             dc0[keep] = cbuf[keep, :H]

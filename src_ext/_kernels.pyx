@@ -19,7 +19,7 @@ cdef extern from "kernels.h" nogil:
     enum: RF_MAX_PACKS
     ctypedef struct rf_ctx:
         rf_index T, B, n_in, H, K, G
-        int reverse, mode, training, proj, n_threads
+        int reverse, mode, training, proj, n_threads, split
         const int64_t *lengths
         rf_pack_spec packs[RF_MAX_PACKS]
         int n_packs
@@ -171,7 +171,7 @@ def _check_sizes(dict a, rf_index T, rf_index B, rf_index I, rf_index H, rf_inde
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
-        rf_index xw_steps=0):
+        rf_index xw_steps=0, int split=0):
     """Run one time loop. `a` maps the rf_ctx pointer field names to arrays (or None); every array must
     already have its documented shape (rnnfast/ops.py guarantees it)."""
     cdef rf_ctx c
@@ -185,6 +185,9 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     if xw_steps < 1 or xw_steps > max(T, 1):
         raise ValueError(f"internal: xw_steps {xw_steps} outside 1..{T}")
     c.xw_steps = xw_steps
+    if split not in (0, 1, 2):
+        raise ValueError(f"internal: split {split} is not 0, 1 or 2")
+    c.split = split
     _check_sizes(a, T, B, I, H, K, G, lanes(dtype), xw_steps)
     packs = a.get("packs", ())
     if len(packs) > RF_MAX_PACKS:

@@ -312,20 +312,31 @@ static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
 
 /* Weight gradient dW[m, :] (+)= sum_n A[n, m] * Bm[n, :] for the M rows m of dW, split between threads by
  * rows: A is (N, M) (the gate gradients, read down its columns), Bm arrives packed as panels over its L
- * columns (reduction over n). n is blocked so a block of panels stays in L2 while every row tile of the
- * thread passes over it; the FMA chains continue across blocks, so the blocking does not change a bit. */
+ * columns (reduction over n). n is blocked so that the block's panels of every column group stay in L2
+ * while the thread's row tiles pass over them; each row tile's slice of A is first copied into a
+ * contiguous k-major block (read down a column of A directly, every k would be a new cache line at a
+ * stride that maps onto a few cache sets). The FMA chains continue across blocks, so the blocking does not
+ * change a bit. */
 static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index M, const REAL *A, rf_index lda,
                                        const REAL *bpanel, int ub, rf_index L, REAL *dW, rf_index ldw) {
+    enum { NBMAX = 1024 };
     const int NV = ub;
     const rf_index m_lo = M * sp->tid / sp->nt, m_hi = M * (sp->tid + 1) / sp->nt;
-    const rf_index ngrp = RF_NGRP(L, ub), NB = 1024;
+    const rf_index ngrp = RF_NGRP(L, ub);
+    if (ngrp == 0) return;
+    /* panels of all column groups for one n block: ~512 KiB */
+    rf_index NB = (rf_index)(512 * 1024 / sizeof(REAL)) / (ngrp * NV * V);
+    NB = NB < 64 ? 64 : NB > NBMAX ? NBMAX : NB;
     REAL tile[8 * 4 * V] __attribute__((aligned(64)));
+    REAL apack[NBMAX * 8] __attribute__((aligned(64)));
     for (rf_index n0 = 0; n0 < N; n0 += NB) {
         const rf_index nk = N - n0 < NB ? N - n0 : NB;
-        for (rf_index grp = 0; grp < ngrp; grp++) {
-            RF_TILE_ROWS(m_lo, m_hi, NV, r0, nr) {
-                const REAL *Ar[8];
-                for (int i = 0; i < nr; i++) Ar[i] = A + n0 * lda + r0 + i;
+        RF_TILE_ROWS(m_lo, m_hi, NV, r0, nr) {
+            for (rf_index k = 0; k < nk; k++)
+                for (int i = 0; i < nr; i++) apack[k * nr + i] = A[(n0 + k) * lda + r0 + i];
+            const REAL *Ar[8];
+            for (int i = 0; i < nr; i++) Ar[i] = apack + i;
+            for (rf_index grp = 0; grp < ngrp; grp++) {
                 for (int i = 0; i < nr; i++)
                     for (int sb = 0; sb < ub; sb++) {
                         const rf_index j0 = (grp * ub + sb) * V;
@@ -333,7 +344,7 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
                         VEC v = n0 ? SFX(vload_n)(dW + (r0 + i) * ldw + j0, nl) : SFX(vsplat)(0);
                         SFX(vstore)(tile + (i * NV + sb) * V, v);
                     }
-                SFX(gemm_tile_x)(nr, NV, Ar, lda, nk, bpanel + (grp * N + n0) * NV * V, 1, tile);
+                SFX(gemm_tile_x)(nr, NV, Ar, nr, nk, bpanel + (grp * N + n0) * NV * V, 1, tile);
                 for (int i = 0; i < nr; i++)
                     for (int sb = 0; sb < ub; sb++) {
                         const rf_index j0 = (grp * ub + sb) * V;

@@ -132,7 +132,7 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
 
 RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt, bar);
+    rf_split_init(&sp, c, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(project_chunk)(c, &sp, s);
@@ -258,7 +258,7 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
 
 RF_CLONES void SFX(gru_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt, bar);
+    rf_split_init(&sp, c, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
     for (rf_index s = c->T - 1; s >= -1; s--) {
         SFX(gru_bwd_h)(c, s, &sp);

@@ -61,12 +61,15 @@ typedef struct {
 
 #define RF_BATCH_ROWS_PER_THREAD 16
 
-static RF_INLINE void rf_split_init(rf_split *sp, rf_index B, int tid, int nt, rf_barrier *barrier) {
+static RF_INLINE void rf_split_init(rf_split *sp, const rf_ctx *c, int tid, int nt, rf_barrier *barrier) {
+    const rf_index B = c->B;
     sp->tid = tid;
     sp->nt = nt;
     sp->sense = 0;
     sp->barrier = barrier;
-    sp->batch = nt == 1 || B >= (rf_index)RF_BATCH_ROWS_PER_THREAD * nt;
+    if (nt == 1 || c->split == 1) sp->batch = 1;
+    else if (c->split == 2) sp->batch = 0;
+    else sp->batch = B >= (rf_index)RF_BATCH_ROWS_PER_THREAD * nt;
     if (sp->batch && nt > 1) {
         sp->r_lo = B * tid / nt;
         sp->r_hi = B * (tid + 1) / nt;

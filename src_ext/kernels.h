@@ -41,6 +41,7 @@ typedef struct {
     int training;           /* keep what backward needs in the *_tb arrays */
     int proj;               /* LSTM with projection (K = P < H) */
     int n_threads;
+    int split;              /* 0: the default rule (kernels.c), 1: batch rows per thread, 2: hidden units */
     const int64_t *lengths; /* (B,) valid steps per row, or NULL for T everywhere */
     rf_pack_spec packs[RF_MAX_PACKS];  /* panels to fill before anything else */
     int n_packs;

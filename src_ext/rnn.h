@@ -53,7 +53,7 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
 
 RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt, bar);
+    rf_split_init(&sp, c, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(project_chunk)(c, &sp, s);
@@ -109,7 +109,7 @@ static RF_INLINE void SFX(rnn_bwd_step)(const rf_ctx *c, rf_index s, const rf_sp
 
 RF_CLONES void SFX(rnn_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
-    rf_split_init(&sp, c->B, tid, nt, bar);
+    rf_split_init(&sp, c, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
     for (rf_index s = c->T - 1; s >= -1; s--) {
         SFX(rnn_bwd_step)(c, s, &sp);
