@@ -11,9 +11,10 @@ typedef int64_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 #endif
 #define IVEC SFX(ivec)
 
-/* Row tiles of up to 8 rows: a panel streamed from L2 then feeds 8 rows per load. A tile of more than
- * 4 rows runs over at most 2 panel vectors at a time (<= 16 accumulators, half the AVX-512 registers). */
-#define RF_RMAX(nv) 8
+/* Row tiles of up to 6 rows for groups of 4 panel vectors (one pass, 24 accumulators), else up to 8 rows
+ * (3 vectors in one pass, 24 accumulators; 4 or more in passes of 2): each panel vector loaded feeds 6-8
+ * rows, and 24 independent FMA chains keep both FMA pipes busy. */
+#define RF_RMAX(nv) ((nv) >= 4 ? 6 : 8)
 
 static RF_INLINE VEC SFX(vload)(const REAL *p) { VEC v; memcpy(&v, p, sizeof v); return v; }
 static RF_INLINE void SFX(vstore)(REAL *p, VEC v) { memcpy(p, &v, sizeof v); }
@@ -128,16 +129,18 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
         RF_TILE(1, 2) RF_TILE(2, 2) RF_TILE(3, 2) RF_TILE(4, 2)
         RF_TILE(5, 2) RF_TILE(6, 2) RF_TILE(7, 2) RF_TILE(8, 2)
         RF_TILE(1, 3) RF_TILE(2, 3) RF_TILE(3, 3) RF_TILE(4, 3)
+        RF_TILE(5, 3) RF_TILE(6, 3) RF_TILE(7, 3) RF_TILE(8, 3)
         RF_TILE(1, 4) RF_TILE(2, 4) RF_TILE(3, 4) RF_TILE(4, 4)
+        RF_TILE(5, 4) RF_TILE(6, 4)
         default: break;
     }
 }
 
-/* out (R x NV vectors, rows NV*V apart) (+)= A rows @ a panel group of NV vectors. Up to 4 rows take all
- * vectors in one pass (more independent chains at small batch); 5 to 8 rows go 2 vectors at a time. */
+/* out (R x NV vectors, rows NV*V apart) (+)= A rows @ a panel group of NV vectors: in one pass when the
+ * tile has a variant (up to 4 rows; 6 rows of 4 vectors, 8 of 3), else 2 vectors at a time. */
 static RF_INLINE void SFX(gemm_tile_x)(int R, int NV, const REAL *const *A, rf_index ak, rf_index K,
                                        const REAL *panel, int acc_in, REAL *out) {
-    if (R <= 4) {
+    if (R <= 4 || (NV == 4 && R <= 6) || (NV == 3 && R <= 8)) {
         SFX(gemm_tile_k)(R, NV, A, ak, K, panel, NV * V, acc_in, out, NV * V);
         return;
     }
@@ -194,9 +197,14 @@ static RF_INLINE int SFX(row_at)(const rf_ctx *c, rf_index s, rf_index b, rf_ind
 }
 
 /* The A-operand rows and the epilogue differ per phase; the tile walk is the same everywhere. */
-#define RF_TILE_ROWS(r_lo, r_hi, NV, r0, nr)                                   \
-    for (rf_index r0 = (r_lo); r0 < (r_hi); r0 += RF_RMAX(NV))                 \
-        for (int nr = (int)((r_hi) - r0 < RF_RMAX(NV) ? (r_hi) - r0 : RF_RMAX(NV)); nr > 0; nr = 0)
+/* Rows r_lo..r_hi in tiles of at most RF_RMAX(NV) rows, as even as possible (32 rows of 6-row tiles are
+ * 5, 5, 6, 5, 5, 6 rather than five 6s and a 2). */
+#define RF_TILE_ROWS(r_lo, r_hi, NV, r0, nr)                                                           \
+    for (rf_index rt_n_ = (r_hi) - (r_lo), rt_c_ = (rt_n_ + RF_RMAX(NV) - 1) / RF_RMAX(NV), rt_i_ = 0;  \
+         rt_i_ < rt_c_; rt_i_++)                                                                       \
+        for (rf_index r0 = (r_lo) + rt_n_ * rt_i_ / rt_c_, rt_e_ = (r_lo) + rt_n_ * (rt_i_ + 1) / rt_c_; \
+             r0 < rt_e_; r0 = rt_e_)                                                                   \
+            for (int nr = (int)(rt_e_ - r0); nr > 0; nr = 0)
 
 /* Whether any of rows r0..r0+nr-1 is active at step s: a tile of padded rows skips its GEMM, so that
  * variable lengths cost less than full ones, never more. */
