@@ -149,6 +149,24 @@ static RF_INLINE void SFX(gemm_tile_x)(int R, int NV, const REAL *const *A, rf_i
                          NV * V);
 }
 
+/* In-register transpose of V vectors: r[i][l] becomes r[l][i]. Stage d swaps bit d between the row and
+ * the lane index (the off-diagonal d x d blocks of every 2d x 2d block). */
+static RF_INLINE void SFX(transpose)(VEC r[V]) {
+    _Pragma("GCC unroll 4") for (int d = V / 2; d >= 1; d /= 2) {
+        IVEC m1, m2;
+        _Pragma("GCC unroll 16") for (int l = 0; l < V; l++) {
+            m1[l] = (l & d) ? V + l - d : l;
+            m2[l] = (l & d) ? V + l : l + d;
+        }
+        _Pragma("GCC unroll 16") for (int i = 0; i < V; i++) {
+            if (i & d) continue;
+            const VEC a = r[i], b = r[i + d];
+            r[i] = __builtin_shuffle(a, b, m1);
+            r[i + d] = __builtin_shuffle(a, b, m2);
+        }
+    }
+}
+
 /* A blocked transpose: 16 k at a time, so that whichever of s_j, s_k is the unit stride, the reads walk
  * along cache lines and the 16 x V tile being written stays in L1. */
 static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k, rf_index Gs,
@@ -163,7 +181,20 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
                 REAL *d0 = dst + (grp * K * NV + sb * Gs + g) * V;
                 for (rf_index k0 = 0; k0 < K; k0 += KB) {
                     const rf_index kn = K - k0 < KB ? K - k0 : KB;
-                    if (s_k == 1 && !row_len) {
+                    if (s_k == 1 && !row_len && nl == V && kn >= V) {
+                        /* V x V blocks: V row loads, an in-register transpose, V row stores */
+                        rf_index kk = 0;
+                        for (; kk + V <= kn; kk += V) {
+                            VEC r[V];
+                            for (int lane = 0; lane < V; lane++)
+                                r[lane] = SFX(vload)(src + g * s_g + (j0 + lane) * s_j + k0 + kk);
+                            SFX(transpose)(r);
+                            for (int q = 0; q < V; q++) SFX(vstore)(d0 + (k0 + kk + q) * NV * V, r[q]);
+                        }
+                        for (; kk < kn; kk++)
+                            for (int lane = 0; lane < V; lane++)
+                                d0[(k0 + kk) * NV * V + lane] = src[g * s_g + (j0 + lane) * s_j + k0 + kk];
+                    } else if (s_k == 1 && !row_len) {
                         for (int lane = 0; lane < V; lane++) {
                             const REAL *sp = src + g * s_g + (j0 + lane) * s_j + k0;
                             for (rf_index kk = 0; kk < kn; kk++)
