@@ -19,6 +19,7 @@ Extension beyond the contract: `w_peep` (3, H) gives a peephole LSTM (i, f see c
 ONNX defines it); lstm_backward then returns dw_peep as a 9th element.
 """
 
+import sys
 import threading
 
 import numpy as np
@@ -225,11 +226,62 @@ def _round_up(n, V):
     return -(-n // V) * V
 
 
+# What a training forward keeps for backward (the saved gates and states, private copies of x and the
+# weights) lives as long as the `saved` object, then returns here for the next forward: a training loop
+# that frees `saved` after its backward allocates these once, not a fresh set of pages per step (page
+# faults were a third of a training forward). Shared between threads; at most _POOL_MAX_BYTES kept.
+_POOL_MAX_BYTES = 512 << 20
+_pool_lock = threading.Lock()
+_pool = {}
+_pool_bytes = 0
+
+
+def _pooled(shape, dtype, owners):
+    """An uninitialised array of `shape` from the pool (or new); its base is appended to `owners`."""
+    global _pool_bytes
+    dtype = np.dtype(dtype)
+    n = 1
+    for d in shape:
+        n *= d
+    key = (n, dtype.char)
+    base = None
+    with _pool_lock:
+        free = _pool.get(key)
+        if free:
+            base = free.pop()
+            _pool_bytes -= base.nbytes
+    if base is None:
+        base = np.empty(n, dtype)
+    owners.append(base)
+    return base.reshape(shape)
+
+
+def _release(owners):
+    """Back to the pool: every base in `owners` that nothing else references any more."""
+    global _pool_bytes
+    while owners:
+        base = owners.pop()
+        # references: `base` here and getrefcount's argument; anything more is a view or a name elsewhere
+        if sys.getrefcount(base) > 2:
+            continue
+        with _pool_lock:
+            if _pool_bytes + base.nbytes <= _POOL_MAX_BYTES:
+                _pool.setdefault((base.size, base.dtype.char), []).append(base)
+                _pool_bytes += base.nbytes
+
+
 class _Saved:
     """What backward needs; opaque to users. Holds private copies of x and the weights, so changing the
     caller's arrays between forward and backward cannot change the gradients."""
     __slots__ = ("cell", "dtype", "T", "B", "I", "H", "K", "G", "mode", "reverse", "lengths", "x", "w_ih",
-                 "w_hh", "w_hr", "w_peep", "has_bias", "buffers")
+                 "w_hh", "w_hr", "w_peep", "has_bias", "buffers", "_owners")
+
+    def __del__(self):
+        owners = getattr(self, "_owners", None)
+        if owners:
+            # drop this object's views first, so that only arrays nobody else holds go back to the pool
+            self.buffers = self.x = self.w_ih = self.w_hh = self.w_hr = self.w_peep = None
+            _release(owners)
 
     def consistent(self):
         """True when every array still has the shape and dtype the sizes say (a guard for the compiled
@@ -261,11 +313,13 @@ class _Saved:
 # forward
 
 
-def _private(a, user):
-    """a itself if it is already a private copy of the user's array, else a copy."""
+def _private(a, user, owners):
+    """a itself if it is already a private copy of the user's array, else a copy (in a pooled array)."""
     if a is None or (a is not user and not np.may_share_memory(a, user)):
         return a
-    return a.copy()
+    p = _pooled(a.shape, a.dtype, owners)
+    np.copyto(p, a)
+    return p
 
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, reverse, training, mode):
@@ -287,6 +341,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         c_n = np.zeros((B, H), dtype) if c0 is None else c0.copy()
     y = np.empty((T, B, K), dtype)
     bufs = {}
+    owners = []  # pooled arrays that `saved` will hold
     if T and B:
         xw_steps = _xw_steps(T, B, GH, dtype.itemsize)
         xw = _scratch("xw", (xw_steps, B, GH), dtype)  # filled chunk by chunk inside the kernel's parallel region
@@ -321,13 +376,13 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                  hbuf=hbuf, cbuf=cbuf, lengths=lengths,
                  mbuf=_scratch("mbuf", (B, H), dtype, fill=0) if (proj or (cell == "gru" and not after)) else None)
         if training:
-            bufs["gates_tb"] = np.empty((T, B, GH), dtype)
-            bufs["hprev_tb"] = np.empty((T, B, K), dtype)
+            bufs["gates_tb"] = _pooled((T, B, GH), dtype, owners)
+            bufs["hprev_tb"] = _pooled((T, B, K), dtype, owners)
             if cell == "lstm":
-                bufs["c_tb"] = np.empty((T, B, H), dtype)
-                bufs["cprev_tb"] = np.empty((T, B, H), dtype)
+                bufs["c_tb"] = _pooled((T, B, H), dtype, owners)
+                bufs["cprev_tb"] = _pooled((T, B, H), dtype, owners)
             if proj or cell == "gru":
-                bufs["m_tb"] = np.empty((T, B, H), dtype)
+                bufs["m_tb"] = _pooled((T, B, H), dtype, owners)
             a.update(bufs)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
                      _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
@@ -341,10 +396,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         saved.cell, saved.dtype, saved.mode, saved.reverse, saved.lengths = cell, dtype, mode, reverse, lengths
         saved.T, saved.B, saved.I, saved.H, saved.K, saved.G = T, B, I, H, K, G
         saved.x, saved.w_ih, saved.w_hh, saved.w_hr, saved.w_peep = (
-            _private(a, u) if isinstance(u, np.ndarray) or a is None else _private(a, a)
+            _private(a, u, owners) if isinstance(u, np.ndarray) or a is None else _private(a, a, owners)
             for a, u in zip((x, w_ih, w_hh, w_hr, w_peep), user))
         saved.has_bias = (b_ih is not None, b_hh is not None)
         saved.buffers = bufs
+        saved._owners = owners
     return y, h_n, c_n, saved
 
 

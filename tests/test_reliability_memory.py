@@ -188,3 +188,61 @@ def test_sizes_beyond_the_address_space_name_the_size():
     """)
     result = out["gru"]
     assert result.startswith("MemoryError") or (result.startswith("ValueError") and "1073741824" in result), result
+
+
+# ------------------------------------------------------------------------------------------------------
+# The pool behind `saved` (ops._pooled / ops._release): a training loop reuses its buffers, and nothing a
+# caller still references is ever handed out again.
+
+def _lstm_problem(seed=0, T=6, B=3, I=5, H=7, dtype=None):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    dtype = dtype or np.float64
+    a = lambda *s: rng.uniform(-0.5, 0.5, s).astype(dtype)  # noqa: E731
+    return a(T, B, I), a(B, H), a(B, H), a(4 * H, I), a(4 * H, H), a(4 * H), a(4 * H)
+
+
+def test_training_loop_reuses_the_saved_buffers():
+    import numpy as np
+    from rnnfast import ops
+    args = _lstm_problem()
+    first = ops.lstm_forward(*args, training=True)[-1]
+    bases = {id(b) for b in first._owners}
+    want = ops.lstm_backward(np.ones((6, 3, 7)), None, None, first)
+    del first
+    second = ops.lstm_forward(*args, training=True)[-1]
+    assert {id(b) for b in second._owners} == bases, "a freed saved state's buffers were not reused"
+    got = ops.lstm_backward(np.ones((6, 3, 7)), None, None, second)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(w, g)
+
+
+def test_buffers_still_referenced_are_never_reused():
+    """A caller holding a view of a saved array (or the saved object itself) keeps it out of the pool: the
+    next forward, on other data, must not overwrite what the caller holds."""
+    import numpy as np
+    from rnnfast import ops
+    saved = ops.lstm_forward(*_lstm_problem(1), training=True)[-1]
+    held_gates = saved.buffers["gates_tb"]
+    held_x = saved.x[1:]
+    keep_gates, keep_x = held_gates.copy(), held_x.copy()
+    kept_saved = ops.lstm_forward(*_lstm_problem(2), training=True)[-1]
+    keep_saved_gates = kept_saved.buffers["gates_tb"].copy()
+    del saved
+    for seed in range(3, 6):  # fresh forwards on other data, each freed straight away
+        ops.lstm_forward(*_lstm_problem(seed), training=True)
+    np.testing.assert_array_equal(held_gates, keep_gates)
+    np.testing.assert_array_equal(held_x, keep_x)
+    np.testing.assert_array_equal(kept_saved.buffers["gates_tb"], keep_saved_gates)
+
+
+def test_pool_is_bounded(monkeypatch):
+    import numpy as np
+    from rnnfast import ops
+    monkeypatch.setattr(ops, "_POOL_MAX_BYTES", 10_000)
+    monkeypatch.setattr(ops, "_pool", {})
+    monkeypatch.setattr(ops, "_pool_bytes", 0)
+    for seed in range(4):
+        ops.lstm_forward(*_lstm_problem(seed, T=20, B=8, H=16), training=True)
+    assert ops._pool_bytes <= 10_000
+    assert sum(b.nbytes for free in ops._pool.values() for b in free) == ops._pool_bytes
