@@ -125,6 +125,9 @@ static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(
 /* out[r][v*V + lane] (+)= sum_k A[r][k*ak] * panel[k][v][lane] for r < R, v < NV: one register tile.
  * Every accumulator is one FMA chain over k in order, so the result does not depend on R; with `acc_in`
  * the chain continues from the values already in out, so splitting k into blocks changes nothing either. */
+#ifndef RF_PREFETCH_ROWS
+#define RF_PREFETCH_ROWS 32
+#endif
 #define RF_TILE(RR, NVV)                                                            \
     case (RR) * 8 + (NVV): {                                                        \
         VEC acc[RR][NVV];                                                           \
@@ -134,8 +137,10 @@ static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(
         for (rf_index k = 0; k < K; k++) {                                          \
             const REAL *pk = panel + k * ldp;                                       \
             VEC w[NVV];                                                             \
-            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                   \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) {                 \
+                __builtin_prefetch(pk + RF_PREFETCH_ROWS * ldp + v * V);           \
                 w[v] = SFX(vload)(pk + v * V);                                      \
+            }                                                                       \
             _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++) {                  \
                 const REAL a = A[r][k * ak];                                        \
                 _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)               \
