@@ -242,6 +242,10 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
                             const REAL *sp = src + g * s_g + j0 * s_j + k * s_k;
                             REAL *dp = d0 + k * NV * V;
                             const int live = !row_len || k / row_B < row_len[k % row_B];
+                            if (s_j == 1) {
+                                SFX(vstore)(dp, live ? SFX(vload_n)(sp, nl) : SFX(vsplat)(0));
+                                continue;
+                            }
                             for (int lane = 0; lane < V; lane++)
                                 dp[lane] = live && lane < nl ? sp[lane * s_j] : (REAL)0;
                         }
