@@ -10,7 +10,8 @@ themselves: finite where the math is finite, and equal to the float64 reference.
 64-bit indexing (see also the report in docs/SANITIZERS.md): every size and index in src_ext/*.h is an
 rf_index (int64); the only `int`s are loop counters bounded by constants (tile rows <= 8, unit blocks <= 4,
 gates <= 4, lanes <= 16) and flags. An element offset beyond 2**31 needs an array of more than 2**31
-elements: the cheapest such call, a float32 LSTM inference with T*B*4H > 2**31 (xw alone 8 GiB, ~11 GiB in
+elements: the cheapest such call, a float32 LSTM inference with T*B*4H > 2**31 and the input projection
+forced into one chunk of all T steps (xw alone 8 GiB, ~11 GiB in
 all, ~1 minute here), is test_element_offsets_beyond_2_31, opt-in (RNNFAST_TEST_HUGE=1). CI runs
 test_byte_offsets_beyond_2_31: float32 offsets beyond 2**29 elements = 2**31 bytes (~2.7 GiB, ~10 s), which
 would catch a byte count or offset held in 32 bits anywhere on the way (numpy reshapes, the binding, memset /
@@ -478,7 +479,9 @@ def _big_lstm_rows_match_single_rows(T, B, H):
 
 
 @pytest.mark.skipif(_mem_available() < 8 * 2**30, reason="needs ~3 GiB of free memory (8 GiB available)")
-def test_byte_offsets_beyond_2_31():
+def test_byte_offsets_beyond_2_31(monkeypatch):
+    # the input projection in one chunk of all T steps (ops._xw_steps), so that xw is the big array
+    monkeypatch.setattr(ops, "_xw_steps", lambda T, B, GH, itemsize: T)
     B, H = 64, 16
     T = 2**29 // (B * 4 * H) + 1  # xw: T*B*4H > 2**29 float32 elements = 2**31 bytes
     assert T * B * 4 * H * 4 > 2**31
@@ -486,7 +489,8 @@ def test_byte_offsets_beyond_2_31():
 
 
 @pytest.mark.skipif(os.environ.get("RNNFAST_TEST_HUGE") != "1", reason="opt-in (RNNFAST_TEST_HUGE=1): ~11 GiB")
-def test_element_offsets_beyond_2_31():
+def test_element_offsets_beyond_2_31(monkeypatch):
+    monkeypatch.setattr(ops, "_xw_steps", lambda T, B, GH, itemsize: T)  # xw: all T steps, > 2**31 elements
     if _mem_available() < 14 * 2**30:
         pytest.skip("needs ~11 GiB of free memory (14 GiB available)")
     B, H = 64, 16
