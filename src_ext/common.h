@@ -38,87 +38,81 @@ static RF_INLINE VEC SFX(vselect)(IVEC mask, VEC a, VEC b) {
     return (VEC)(((IVEC)a & mask) | ((IVEC)b & ~mask));
 }
 
+/* exp(x) = scale * (1 + q) for both dtypes: |x| clamped to where scale = 2^n is a normal number, range
+ * reduction x = n ln2 + r (Cody-Waite, ln2 in two parts, the high part short enough that n * ln2_hi is
+ * exact), |r| <= ln2/2, and q = e^r - 1 = r + r^2 P(r). float32: P is the Cephes minimax polynomial (~1 ulp);
+ * float64: the Taylor series to r^13 (truncation < 1e-17 relative, ~1 ulp). Both are checked against libm in
+ * the tests. NaN stays NaN (comparisons with NaN are false, so the clamp lets it through). */
 #if RF_IS_FLOAT
-/* exp(x) = scale * (1 + q), |x| clamped to the range where scale is a normal float. Range reduction
- * x = n ln2 + r (Cody-Waite, two-part ln2), q = e^r - 1 by the Cephes minimax polynomial (~1 ulp).
- * NaN stays NaN (comparisons with NaN are false, so the clamp lets it through). */
-static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale) {
-    const VEC lo = SFX(vsplat)(-86.0f), hi = SFX(vsplat)(88.0f);
-    x = SFX(vselect)(x < lo, lo, x);
-    x = SFX(vselect)(x > hi, hi, x);
-    const VEC magic = SFX(vsplat)(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
-    VEC t = x * 1.44269504088896341f + magic;
-    VEC n = t - magic;
-    VEC r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+#define RF_EXP_LO -86.0f
+#define RF_EXP_HI 88.0f
+#define RF_EXP_MAGIC 12582912.0f /* 1.5 * 2^23: adding it rounds to an integer */
+#define RF_LOG2E 1.44269504088896341f
+#define RF_LN2_HI 0.693359375f
+#define RF_LN2_LO -2.12194440e-4f
+#define RF_EXP_BIAS 127
+#define RF_MANT_BITS 23
+#define RF_EXP_OVERFLOW -88.72f /* below it exp(-x) overflows: the sigmoid is 0 there, as 1/(1+inf) is */
+static RF_INLINE VEC SFX(expm1_poly)(VEC r) {
     VEC p = SFX(vsplat)(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    return p * r + 5.0000001201e-1f;
+}
+#else
+#define RF_EXP_LO -708.0
+#define RF_EXP_HI 709.0
+#define RF_EXP_MAGIC 6755399441055744.0 /* 1.5 * 2^52 */
+#define RF_LOG2E 1.4426950408889634074
+#define RF_LN2_HI 6.93147180369123816490e-01
+#define RF_LN2_LO 1.90821492927058770002e-10
+#define RF_EXP_BIAS 1023
+#define RF_MANT_BITS 52
+#define RF_EXP_OVERFLOW -709.78
+static RF_INLINE VEC SFX(expm1_poly)(VEC r) {
+    VEC p = SFX(vsplat)(1.0 / 6227020800.0); /* 1/13!, then 1/12! ... 1/2! */
+    const REAL c[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
+                      1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5};
+    _Pragma("GCC unroll 11") for (int i = 0; i < 11; i++) p = p * r + c[i];
+    return p;
+}
+#endif
+static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale) {
+    const VEC lo = SFX(vsplat)(RF_EXP_LO), hi = SFX(vsplat)(RF_EXP_HI), magic = SFX(vsplat)(RF_EXP_MAGIC);
+    x = SFX(vselect)(x < lo, lo, x);
+    x = SFX(vselect)(x > hi, hi, x);
+    VEC t = x * (REAL)RF_LOG2E + magic;
+    VEC n = t - magic;
+    VEC r = x - n * (REAL)RF_LN2_HI;
+    r = r - n * (REAL)RF_LN2_LO;
     IVEC ni = (IVEC)t - (IVEC)magic;
-    *scale = (VEC)((ni + 127) << 23);
-    return p * (r * r) + r;
+    *scale = (VEC)((ni + RF_EXP_BIAS) << RF_MANT_BITS);
+    return SFX(expm1_poly)(r) * (r * r) + r;
 }
 static RF_INLINE VEC SFX(vsigmoid)(VEC x) {
     VEC scale, q = SFX(vexp_parts)(-x, &scale);
-    /* Below -88.72 exp(-x) overflows float: the sigmoid is 0 there, as 1/(1+inf) is for torch. */
-    return SFX(vselect)(x < -88.72f, SFX(vsplat)(0), 1.0f / (1.0f + (scale + scale * q)));
+    return SFX(vselect)(x < (REAL)RF_EXP_OVERFLOW, SFX(vsplat)(0), (REAL)1 / ((REAL)1 + (scale + scale * q)));
 }
 /* tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)): no cancellation near 0, no overflow for large |x|. */
 static RF_INLINE VEC SFX(vtanh)(VEC x) {
-    IVEC signbit = (IVEC)x & (IVEC)SFX(vsplat)(-0.0f);
-    VEC a = (VEC)((IVEC)x & ~(IVEC)SFX(vsplat)(-0.0f));
-    VEC scale, q = SFX(vexp_parts)(-2.0f * a, &scale);
-    VEC em1 = scale * q + (scale - 1.0f);
-    VEC t = (0.0f - em1) / (2.0f + em1); /* 0 - em1, not -em1: tanh(+0) = +0 */
-    return (VEC)((IVEC)t | signbit);
-}
-#else
-/* float64: the same scheme at double precision. exp(x) = 2^n (1 + q), x = n ln2 + r (Cody-Waite, ln2 in
- * two parts, the high part with 32 trailing zero bits so n * ln2_hi is exact), |r| <= ln2/2, and
- * q = e^r - 1 by its Taylor series to r^13 (truncation < 1e-17 relative): about 1 ulp, checked against
- * libm in the tests. |x| is clamped to where 2^n is a normal double. */
-static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale) {
-    const VEC lo = SFX(vsplat)(-708.0), hi = SFX(vsplat)(709.0);
-    x = SFX(vselect)(x < lo, lo, x);
-    x = SFX(vselect)(x > hi, hi, x);
-    const VEC magic = SFX(vsplat)(6755399441055744.0); /* 1.5 * 2^52: adding it rounds to an integer */
-    VEC t = x * 1.4426950408889634074 + magic;
-    VEC n = t - magic;
-    VEC r = x - n * 6.93147180369123816490e-01;
-    r = r - n * 1.90821492927058770002e-10;
-    VEC p = SFX(vsplat)(1.0 / 6227020800.0);          /* 1/13! */
-    p = p * r + 1.0 / 479001600.0;                     /* 1/12! */
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    IVEC ni = (IVEC)t - (IVEC)magic;
-    *scale = (VEC)((ni + 1023) << 52);
-    return p * (r * r) + r;
-}
-static RF_INLINE VEC SFX(vsigmoid)(VEC x) {
-    VEC scale, q = SFX(vexp_parts)(-x, &scale);
-    /* Below -709.78 exp(-x) overflows double: the sigmoid is 0 there, as 1/(1+inf) is. */
-    return SFX(vselect)(x < -709.78, SFX(vsplat)(0), 1.0 / (1.0 + (scale + scale * q)));
-}
-static RF_INLINE VEC SFX(vtanh)(VEC x) {
     IVEC signbit = (IVEC)x & (IVEC)SFX(vsplat)(-0.0);
     VEC a = (VEC)((IVEC)x & ~(IVEC)SFX(vsplat)(-0.0));
-    VEC scale, q = SFX(vexp_parts)(-2.0 * a, &scale);
-    VEC em1 = scale * q + (scale - 1.0);
-    VEC t = (0.0 - em1) / (2.0 + em1);
+    VEC scale, q = SFX(vexp_parts)((REAL)-2 * a, &scale);
+    VEC em1 = scale * q + (scale - (REAL)1);
+    VEC t = ((REAL)0 - em1) / ((REAL)2 + em1); /* 0 - em1, not -em1: tanh(+0) = +0 */
     return (VEC)((IVEC)t | signbit);
 }
-#endif
+#undef RF_EXP_LO
+#undef RF_EXP_HI
+#undef RF_EXP_MAGIC
+#undef RF_LOG2E
+#undef RF_LN2_HI
+#undef RF_LN2_LO
+#undef RF_EXP_BIAS
+#undef RF_MANT_BITS
+#undef RF_EXP_OVERFLOW
 /* relu that keeps NaN (x < 0 is false for NaN). */
 static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(0), x); }
 
