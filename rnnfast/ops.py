@@ -19,6 +19,7 @@ Extension beyond the contract: `w_peep` (3, H) gives a peephole LSTM (i, f see c
 ONNX defines it); lstm_backward then returns dw_peep as a 9th element.
 """
 
+import os
 import sys
 import threading
 
@@ -236,6 +237,16 @@ _pool = {}
 _pool_bytes = 0
 
 
+def _pool_after_fork():
+    # a fork while another thread held the lock would leave it locked forever in the child
+    global _pool_lock, _pool, _pool_bytes
+    _pool_lock, _pool, _pool_bytes = threading.Lock(), {}, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool_after_fork)
+
+
 def _pooled(shape, dtype, owners):
     """An uninitialised array of `shape` from the pool (or new); its base is appended to `owners`."""
     global _pool_bytes
@@ -281,7 +292,10 @@ class _Saved:
         if owners:
             # drop this object's views first, so that only arrays nobody else holds go back to the pool
             self.buffers = self.x = self.w_ih = self.w_hh = self.w_hr = self.w_peep = None
-            _release(owners)
+            try:
+                _release(owners)
+            except Exception:  # interpreter shutdown: the module's globals may be gone; nothing to keep
+                pass
 
     def consistent(self):
         """True when every array still has the shape and dtype the sizes say (a guard for the compiled

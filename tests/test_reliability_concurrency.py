@@ -224,3 +224,39 @@ def test_fork_after_a_parallel_region_and_parallel_child():
     libgomp, and computes the same numbers."""
     p = _run_fork_script(2, 2)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+_FORK_POOL_SCRIPT = """
+import os, signal, sys
+import numpy as np
+import rnnfast
+from rnnfast import ops
+rnnfast.set_num_threads(1)
+rng = np.random.default_rng(0)
+args = (rng.standard_normal((4, 3, 5)), None, None, rng.uniform(-.3, .3, (8, 5)), rng.uniform(-.3, .3, (8, 2)))
+saved = ops.lstm_forward(*args, training=True)[-1]
+del saved                       # its arrays are now in the pool
+ops._pool_lock.acquire()        # as if another thread were inside the pool when the fork happens
+pid = os.fork()
+if pid == 0:
+    signal.alarm(5)             # a child stuck on the inherited lock dies of SIGALRM
+    y, _, _, saved = ops.lstm_forward(*args, training=True)
+    g = ops.lstm_backward(np.ones_like(y), None, None, saved)
+    del saved
+    os._exit(0 if np.isfinite(g[0]).all() else 3)
+ops._pool_lock.release()
+_, status = os.waitpid(pid, 0)
+sys.exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_fork_while_the_saved_state_pool_is_locked():
+    """The pool behind `saved` is shared by threads under a lock; a child forked while another thread held it
+    gets a fresh pool instead of a lock nobody will release."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(rnnfast.__file__)))]
+        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    p = subprocess.run([sys.executable, "-c", _FORK_POOL_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, (p.returncode, p.stdout + p.stderr)
