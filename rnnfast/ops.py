@@ -155,7 +155,8 @@ def _validate(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None, w_peep=None):
 # Workspaces that never leave a call (panels, the xw chunks, state buffers, gate gradients) are kept per
 # thread from one call to the next: fresh pages cost a page fault and a zeroing by the kernel each, ~10% of
 # a call that packs 32 MB of weights. Outputs and what `saved` holds are always fresh arrays.
-_SCRATCH_MAX_BYTES = 256 << 20   # larger workspaces are allocated per call and not kept
+_SCRATCH_MAX_BYTES = 256 << 20     # a larger workspace is allocated per call and not kept
+_SCRATCH_TOTAL_BYTES = 512 << 20   # what one thread keeps in all
 _scratch_tls = threading.local()
 
 
@@ -165,15 +166,19 @@ def _scratch(name, shape, dtype, fill=None):
     n = 1
     for d in shape:
         n *= d
-    if n * dtype.itemsize > _SCRATCH_MAX_BYTES:
-        a = np.empty(shape, dtype)
-    else:
-        pool = _scratch_tls.__dict__.setdefault("pool", {})
-        key = (name, dtype.char)
-        buf = pool.get(key)
-        if buf is None or buf.size < n:
+    pool = _scratch_tls.__dict__.setdefault("pool", {})
+    key = (name, dtype.char)
+    buf = pool.get(key)
+    if buf is None or buf.size < n:
+        kept = sum(b.nbytes for k, b in pool.items() if k != key)
+        if n * dtype.itemsize > _SCRATCH_MAX_BYTES or kept + n * dtype.itemsize > _SCRATCH_TOTAL_BYTES:
+            a = np.empty(shape, dtype)  # not kept
+        else:
             buf = pool[key] = np.empty(n, dtype)
-        a = buf[:n].reshape(shape)
+            a = buf[:n]
+    else:
+        a = buf[:n]
+    a = a.reshape(shape)
     if fill is not None:
         a.fill(fill)
     return a

@@ -246,3 +246,19 @@ def test_pool_is_bounded(monkeypatch):
         ops.lstm_forward(*_lstm_problem(seed, T=20, B=8, H=16), training=True)
     assert ops._pool_bytes <= 10_000
     assert sum(b.nbytes for free in ops._pool.values() for b in free) == ops._pool_bytes
+
+
+def test_kept_workspaces_are_bounded(monkeypatch):
+    """Each thread keeps its call-internal workspaces for the next call, at most _SCRATCH_TOTAL_BYTES in all
+    and none above _SCRATCH_MAX_BYTES; what is not kept is allocated per call, with the same results."""
+    import numpy as np
+    from rnnfast import ops
+    args = _lstm_problem(7, T=30, B=8, I=20, H=40)
+    want = ops.lstm_forward(*args)[0]
+    monkeypatch.setattr(ops._scratch_tls, "pool", {})
+    monkeypatch.setattr(ops, "_SCRATCH_TOTAL_BYTES", 33_000)
+    monkeypatch.setattr(ops, "_SCRATCH_MAX_BYTES", 40_000)
+    for _ in range(2):
+        np.testing.assert_array_equal(ops.lstm_forward(*args)[0], want)
+        kept = [b.nbytes for b in ops._scratch_tls.pool.values()]
+        assert 0 < sum(kept) <= 33_000 and max(kept) <= 40_000, kept
