@@ -59,6 +59,10 @@ typedef struct {
     rf_barrier *barrier;
 } rf_split;
 
+/* The rule: batch rows when every thread gets >= 16 of them. Measured 2026-11-22 (2 threads, float32,
+ * inference, in-process A/B alternating the split): B = 32 (H = 256) the batch split is faster by 4-6%
+ * (LSTM, GRU) and 36% (RNN, whose step is short for a barrier); B = 64 (H = 512) within +-5% either way;
+ * B = 16 (H = 1024) the hidden split is faster by 8-16%. Backward: within +-4% at B = 32, 64. */
 #define RF_BATCH_ROWS_PER_THREAD 16
 
 static RF_INLINE void rf_split_init(rf_split *sp, const rf_ctx *c, int tid, int nt, rf_barrier *barrier) {
