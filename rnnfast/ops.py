@@ -19,6 +19,7 @@ Extension beyond the contract: `w_peep` (3, H) gives a peephole LSTM (i, f see c
 ONNX defines it); lstm_backward then returns dw_peep as a 9th element.
 """
 
+import math
 import os
 import sys
 import threading
@@ -163,9 +164,7 @@ _scratch_tls = threading.local()
 def _scratch(name, shape, dtype, fill=None):
     """An array of `shape` for use within one call only, reusing this thread's buffer called `name`."""
     dtype = np.dtype(dtype)
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     pool = _scratch_tls.__dict__.setdefault("pool", {})
     key = (name, dtype.char)
     buf = pool.get(key)
@@ -256,9 +255,7 @@ def _pooled(shape, dtype, owners):
     """An uninitialised array of `shape` from the pool (or new); its base is appended to `owners`."""
     global _pool_bytes
     dtype = np.dtype(dtype)
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     key = (n, dtype.char)
     base = None
     with _pool_lock:

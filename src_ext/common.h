@@ -211,23 +211,20 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
                 REAL *d0 = dst + (grp * K * NV + sb * Gs + g) * V;
                 for (rf_index k0 = 0; k0 < K; k0 += KB) {
                     const rf_index kn = K - k0 < KB ? K - k0 : KB;
-                    if (s_k == 1 && !row_len && nl == V && kn >= V) {
-                        /* V x V blocks: V row loads, an in-register transpose, V row stores */
-                        rf_index kk = 0;
-                        for (; kk + V <= kn; kk += V) {
+                    if (s_k == 1 && !row_len) {
+                        /* full V x V blocks: V row loads, an in-register transpose, V row stores; the
+                         * rest (a tail of units or of k) lane by lane */
+                        rf_index kb = 0;
+                        for (; nl == V && kb + V <= kn; kb += V) {
                             VEC r[V];
                             for (int lane = 0; lane < V; lane++)
-                                r[lane] = SFX(vload)(src + g * s_g + (j0 + lane) * s_j + k0 + kk);
+                                r[lane] = SFX(vload)(src + g * s_g + (j0 + lane) * s_j + k0 + kb);
                             SFX(transpose)(r);
-                            for (int q = 0; q < V; q++) SFX(vstore)(d0 + (k0 + kk + q) * NV * V, r[q]);
+                            for (int q = 0; q < V; q++) SFX(vstore)(d0 + (k0 + kb + q) * NV * V, r[q]);
                         }
-                        for (; kk < kn; kk++)
-                            for (int lane = 0; lane < V; lane++)
-                                d0[(k0 + kk) * NV * V + lane] = src[g * s_g + (j0 + lane) * s_j + k0 + kk];
-                    } else if (s_k == 1 && !row_len) {
                         for (int lane = 0; lane < V; lane++) {
                             const REAL *sp = src + g * s_g + (j0 + lane) * s_j + k0;
-                            for (rf_index kk = 0; kk < kn; kk++)
+                            for (rf_index kk = kb; kk < kn; kk++)
                                 d0[(k0 + kk) * NV * V + lane] = lane < nl ? sp[kk] : (REAL)0;
                         }
                     } else {
@@ -335,17 +332,14 @@ static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, const SFX(row
     }
 }
 
-/* A split of whole-sequence rows between the threads. */
-#define RF_SHARE(rows, sp) ((rows) * (sp)->tid / (sp)->nt), ((rows) * ((sp)->tid + 1) / (sp)->nt)
-
 /* Prologue of every call: the panels, each thread packing its share of every operand's groups. */
 static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
     for (int i = 0; i < c->n_packs; i++) {
         const rf_pack_spec *p = &c->packs[i];
-        const rf_index ngrp = RF_NGRP(p->N, p->ub);
-        SFX(pack_groups)((const REAL *)p->src, p->s_g, p->s_j, p->s_k, p->Gs, p->N, p->K, p->ub,
-                         ngrp * sp->tid / sp->nt, ngrp * (sp->tid + 1) / sp->nt, (REAL *)p->dst, p->row_len,
-                         p->row_B > 0 ? p->row_B : 1);
+        rf_index g_lo, g_hi;
+        rf_share(sp, RF_NGRP(p->N, p->ub), &g_lo, &g_hi);
+        SFX(pack_groups)((const REAL *)p->src, p->s_g, p->s_j, p->s_k, p->Gs, p->N, p->K, p->ub, g_lo, g_hi,
+                         (REAL *)p->dst, p->row_len, p->row_B > 0 ? p->row_B : 1);
     }
     rf_sync_all(sp);
 }
@@ -360,10 +354,7 @@ static RF_INLINE void SFX(project_chunk)(const rf_ctx *c, rf_split *sp, rf_index
     const rf_index b0 = sp->batch ? sp->r_lo : 0, nb = sp->batch ? sp->r_hi - sp->r_lo : c->B;
     const SFX(rowmap) map = {c, s0, b0, nb};
     rf_index lo = 0, hi = n * nb;
-    if (!sp->batch) {
-        lo = n * nb * sp->tid / sp->nt;
-        hi = n * nb * (sp->tid + 1) / sp->nt;
-    }
+    if (!sp->batch) rf_share(sp, n * nb, &lo, &hi);
     if (nb > 0)
         SFX(rows_gemm)(lo, hi, &map, (const REAL *)c->x, c->n_in, c->n_in, (const REAL *)c->wih_pack,
                        (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
@@ -379,7 +370,9 @@ static RF_INLINE const REAL *SFX(xw_step)(const rf_ctx *c, rf_index s) {
 static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
     rf_sync_all(sp);
     const SFX(rowmap) ident = {0};
-    SFX(rows_gemm)(RF_SHARE(c->T * c->B, sp), &ident, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
+    rf_index lo, hi;
+    rf_share(sp, c->T * c->B, &lo, &hi);
+    SFX(rows_gemm)(lo, hi, &ident, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
                    (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
 }
 
@@ -394,7 +387,8 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
                                        const REAL *bpanel, int ub, rf_index L, REAL *dW, rf_index ldw) {
     enum { NBMAX = 1024 };
     const int NV = ub;
-    const rf_index m_lo = M * sp->tid / sp->nt, m_hi = M * (sp->tid + 1) / sp->nt;
+    rf_index m_lo, m_hi;
+    rf_share(sp, M, &m_lo, &m_hi);
     const rf_index ngrp = RF_NGRP(L, ub);
     if (ngrp == 0) return;
     /* panels of all column groups for one n block: ~512 KiB */

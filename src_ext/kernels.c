@@ -83,13 +83,19 @@ static RF_INLINE void rf_split_init(rf_split *sp, const rf_ctx *c, int tid, int 
     }
 }
 
+/* This thread's share lo..hi of n items split evenly between the threads. */
+static RF_INLINE void rf_share(const rf_split *sp, rf_index n, rf_index *lo, rf_index *hi) {
+    *lo = n * sp->tid / sp->nt;
+    *hi = n * (sp->tid + 1) / sp->nt;
+}
+
+/* The panel groups of a step phase: all of them in the batch split, a share in the hidden split. */
 static RF_INLINE void rf_groups(const rf_split *sp, rf_index ngrp, rf_index *lo, rf_index *hi) {
     if (sp->batch) {
         *lo = 0;
         *hi = ngrp;
     } else {
-        *lo = ngrp * sp->tid / sp->nt;
-        *hi = ngrp * (sp->tid + 1) / sp->nt;
+        rf_share(sp, ngrp, lo, hi);
     }
 }
 

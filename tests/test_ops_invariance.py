@@ -48,7 +48,7 @@ def assert_same_bits(results, expected, what):
 @pytest.mark.parametrize("B", [1, 3, 40, 64])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES)
-def test_thread_count_changes_no_bit(rng, case, dtype, B):
+def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
     T = 3
     cell, a, kw = make_problem(rng, case, T, B, 5, 72, 71, dtype=dtype)
     lengths = rng.integers(0, T + 1, B)
@@ -61,6 +61,11 @@ def test_thread_count_changes_no_bit(rng, case, dtype, B):
     for n in (2, 3):
         assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths, reverse=reverse), expected,
                          f"{n} threads vs 1")
+    # the other split forced on 2 threads (ops._split): batch rows for B = 1, 3, hidden units for B = 40, 64
+    monkeypatch.setattr(ops, "_split", lambda *args: 1 if B < 32 else 2)
+    assert_same_bits(run(cell, a, kw, d, threads=2, lengths=lengths, reverse=reverse), expected,
+                     "2 threads, the other split vs 1 thread")
+    monkeypatch.undo()
     # forward and backward with different thread counts
     rnnfast.set_num_threads(3)
     out3, saved3 = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse, training=True)

@@ -47,6 +47,15 @@ def rss():
     gc.collect()
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
+
+def rss_around(step, warm_up=100, n=1000):
+    # resident memory before and after n calls of step, after warm_up calls
+    for _ in range(warm_up):
+        step()
+    before = rss()
+    for _ in range(n):
+        step()
+    return before, rss()
 """
 
 
@@ -69,12 +78,7 @@ def test_1000_training_steps_do_not_grow_resident_memory():
         layer.backward(d_out, (h, c))
         rnnfast.clip_grad_norm(layer, 1.0)
 
-    for _ in range(100):
-        step()
-    before = rss()
-    for _ in range(1000):
-        step()
-    after = rss()
+    before, after = rss_around(step)
     saved_bytes = 20 * 8 * (4 * 32 + 3 * 32 + 32) * 8 * 4
     print(json.dumps(dict(before=before, after=after, saved_bytes=saved_bytes)))
     """, env=QUICK_OMP)
@@ -122,12 +126,7 @@ def test_ops_calls_and_rejected_calls_do_not_leak():
             except (TypeError, ValueError):
                 rejected += 1
 
-    for _ in range(100):
-        round_()
-    before = rss()
-    for _ in range(1000):
-        round_()
-    after = rss()
+    before, after = rss_around(round_)
     print(json.dumps(dict(before=before, after=after, rejected=rejected)))
     """, env=QUICK_OMP)
     assert out["rejected"] == 4 * 1100
