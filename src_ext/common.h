@@ -166,6 +166,44 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
     }
 }
 
+/* One row against MG consecutive panel groups (group stride gs) at once, for a thread whose step has a
+ * single row (batch 1): the one-row tile has only NV FMA chains, too few to hide the FMA latency, and MG
+ * groups give MG*NV. Each accumulator is the same chain over k as in the tile above, so the bits are the
+ * tile's. out holds the groups one after another, NV vectors each. */
+#define RF_ROW1(MG, NVV)                                                            \
+    case (MG) * 8 + (NVV): {                                                        \
+        VEC acc[MG][NVV];                                                           \
+        _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++)                        \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) acc[g][v] = (VEC){0}; \
+        for (rf_index k = 0; k < K; k++) {                                          \
+            const REAL a = A[k];                                                    \
+            _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++) {                  \
+                const REAL *pk = panel + g * gs + k * (NVV * V);                    \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)               \
+                    acc[g][v] += a * SFX(vload)(pk + v * V);                        \
+            }                                                                       \
+        }                                                                           \
+        _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++)                        \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
+            SFX(vstore)(out + (g * NVV + v) * V, acc[g][v]);                        \
+        return;                                                                     \
+    }
+#define RF_ROW1_MAXG 4
+
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
+        int MG, int NV, const REAL *A, rf_index K, const REAL *panel, rf_index gs, REAL *out) {
+    /* the row was written by the other threads at the end of the last step: ask for all its lines at
+     * once, not one miss at a time as the k loop reaches them */
+    for (rf_index k = 0; k < K; k += 64 / sizeof(REAL)) __builtin_prefetch(A + k);
+    switch (MG * 8 + NV) {
+        RF_ROW1(2, 1) RF_ROW1(3, 1) RF_ROW1(4, 1)
+        RF_ROW1(2, 2) RF_ROW1(3, 2) RF_ROW1(4, 2)
+        RF_ROW1(2, 3) RF_ROW1(3, 3) RF_ROW1(4, 3)
+        RF_ROW1(2, 4) RF_ROW1(3, 4) RF_ROW1(4, 4)
+        default: break;
+    }
+}
+
 /* out (R x NV vectors, rows NV*V apart) (+)= A rows @ a panel group of NV vectors: in one pass when the
  * tile has a variant (up to 4 rows; 6 rows of 4 vectors, 8 of 3), else 2 vectors at a time. */
 static RF_INLINE void SFX(gemm_tile_x)(int R, int NV, const REAL *const *A, rf_index ak, rf_index K,
@@ -249,6 +287,23 @@ static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_ind
                                      REAL *out) {
     SFX(gemm_tile_x)(R, NV, A, 1, K, panel, 0, out);
 }
+
+/* The GEMM of a step phase for groups g0..g0+m-1 (m > 1 only for a single row, see gemm_row1) of the
+ * panels starting at `panel`, K rows each. Row i of group g0+q lands at out + (q + i) * NV * V. */
+static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A, rf_index K, const REAL *panel,
+                                     rf_index g0, REAL *out) {
+    if (m > 1) SFX(gemm_row1)(m, NV, A[0], K, panel + g0 * K * NV * V, K * NV * V, out);
+    else SFX(gemm_tile)(nr, NV, A, K, panel + g0 * K * NV * V, out);
+}
+
+/* The tiles of a step phase: groups g_lo..g_hi outer, row tiles inner (a group's panel stays in L2 while
+ * every row tile of the thread uses it); a thread with a single row takes up to RF_ROW1_MAXG groups at a
+ * time (m of them from g_cur). */
+#define RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr)                                              \
+    for (rf_index g_cur = (g_lo), m = 1; g_cur < (g_hi); g_cur += m)                                      \
+        for (int m1_ = ((sp)->r_hi - (sp)->r_lo == 1), m2_ = 1; m2_; m2_ = 0)                             \
+            for (m = m1_ ? ((g_hi) - g_cur < RF_ROW1_MAXG ? (g_hi) - g_cur : RF_ROW1_MAXG) : 1; m2_; m2_ = 0) \
+                RF_TILE_ROWS((sp)->r_lo, (sp)->r_hi, NV, r0, nr)
 
 /* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it
  * is active (s < length). Reverse rows run from length-1 down to 0. */

@@ -17,13 +17,12 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_spli
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -44,7 +43,7 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_spli
                         }
                         continue;
                     }
-                    const REAL *acc = out + (i * NV + sb * Gs) * V;
+                    const REAL *acc = out + ((grp - g_cur + i) * NV + sb * Gs) * V;
                     const REAL *xr = (xws + b * GH) + j0;
                     VEC pr = SFX(vload)(acc) + SFX(vload_n)(xr, nl);
                     VEC pz = SFX(vload)(acc + V) + SFX(vload_n)(xr + H, nl);
@@ -96,13 +95,12 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -116,7 +114,7 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
                         SFX(zero_n)(y + (s * B + b) * H + j0, nl);
                         continue;
                     }
-                    VEC pn = SFX(vload)(out + (i * NV + sb) * V) + SFX(vload_n)((xws + b * GH) + 2 * H + j0, nl);
+                    VEC pn = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V) + SFX(vload_n)((xws + b * GH) + 2 * H + j0, nl);
                     if (bias) pn += SFX(vload_n)(bias + 2 * H + j0, nl);
                     const VEC n = SFX(vtanh)(pn);
                     const VEC z = SFX(vload)(zb + b * Hp + j0), hp = SFX(vload_n)(hprev + b * H + j0, nl);
@@ -162,16 +160,15 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t1, len1;
             A[i] = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1) ? a_tb + (t1 * B + r0 + i) * GH : zero;
         }
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, Kq, panel + grp * Kq * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, Kq, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -180,7 +177,7 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
                     const rf_index j0 = (grp * ub + sb) * V;
                     if (j0 >= H) break;
                     const int nl = (int)(H - j0 < V ? H - j0 : V);
-                    VEC dh = SFX(vload)(out + (i * NV + sb) * V);
+                    VEC dh = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
                     if (s == len - 1) { if (dh_n) dh += SFX(vload_n)(dh_n + b * H + j0, nl); }
                     else dh += SFX(vload)(carry + b * Hp + j0);
                     if (s < 0) { SFX(vstore_n)(dh0 + b * H + j0, dh, nl); continue; }
@@ -226,16 +223,15 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t, len;
             A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dg_tb + (t * B + r0 + i) * GH + 2 * H : zero;
         }
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -245,7 +241,7 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
                     if (j0 >= H) break;
                     const int nl = (int)(H - j0 < V ? H - j0 : V);
                     if (!active) { SFX(zero_n)(dg_tb + (s * B + b) * GH + j0, nl); continue; }
-                    const VEC drh = SFX(vload)(out + (i * NV + sb) * V);
+                    const VEC drh = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
                     const VEC r = SFX(vload_n)(g_tb + (t * B + b) * GH + j0, nl);
                     const VEC hp = SFX(vload_n)(hp_tb + (t * B + b) * H + j0, nl);
                     SFX(vstore_n)(dg_tb + (t * B + b) * GH + j0, drh * hp * r * (1 - r), nl);

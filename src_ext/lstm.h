@@ -16,13 +16,12 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -45,7 +44,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
                         }
                         continue;
                     }
-                    const REAL *acc = out + (i * NV + sb * 4) * V;
+                    const REAL *acc = out + ((grp - g_cur + i) * NV + sb * 4) * V;
                     const REAL *xr = (xws + b * GH) + j0;
                     VEC pre[4];
                     for (int g = 0; g < 4; g++) {
@@ -98,13 +97,12 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(K, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -119,7 +117,7 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
                         if (c->training) SFX(zero_n)(hp_tb + (s * B + b) * K + p0, nl);
                         continue;
                     }
-                    const VEC h = SFX(vload)(out + (i * NV + sb) * V);
+                    const VEC h = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
                     SFX(vstore_n)(hnext + b * K + p0, h, nl);
                     SFX(vstore_n)(y + (t * B + b) * K + p0, h, nl);
                     if (c->training) SFX(copy_n)(hp_tb + (t * B + b) * K + p0, hprev + b * K + p0, nl);
@@ -190,17 +188,16 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(K, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t1, len1;
             const int act1 = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1);
             A[i] = act1 ? dg_tb + (t1 * B + r0 + i) * GH : zero;
         }
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, GH, panel + grp * GH * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, GH, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -209,7 +206,7 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
                     const rf_index k0 = (grp * ub + sb) * V;
                     if (k0 >= K) break;
                     const int nl = (int)(K - k0 < V ? K - k0 : V);
-                    VEC dh = SFX(vload)(out + (i * NV + sb) * V);
+                    VEC dh = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
                     if (s == len - 1 && dh_n) dh += SFX(vload_n)(dh_n + b * K + k0, nl);
                     if (s < 0) { SFX(vstore_n)(dh0 + b * K + k0, dh, nl); continue; }
                     if (!active) {
@@ -236,16 +233,15 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t, len;
             A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dhp_tb + (t * B + r0 + i) * K : zero;
         }
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, K, panel + grp * K * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -259,7 +255,7 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
                             SFX(zero_n)((REAL *)c->dg_tb + (s * B + b) * GH + g * H + j0, nl);
                         continue;
                     }
-                    SFX(lstm_bwd_cell)(c, s, t, len, b, j0, nl, SFX(vload)(out + (i * NV + sb) * V));
+                    SFX(lstm_bwd_cell)(c, s, t, len, b, j0, nl, SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V));
                 }
             }
         }

@@ -12,13 +12,12 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -36,7 +35,7 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
                         }
                         continue;
                     }
-                    VEC pre = SFX(vload)(out + (i * NV + sb) * V) + SFX(vload_n)((xws + b * H) + j0, nl);
+                    VEC pre = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V) + SFX(vload_n)((xws + b * H) + j0, nl);
                     if (bias) pre += SFX(vload_n)(bias + j0, nl);
                     const VEC h = SFX(rnn_act)(relu, pre);
                     SFX(vstore_n)(hnext + b * H + j0, h, nl);
@@ -75,16 +74,15 @@ static RF_INLINE void SFX(rnn_bwd_step)(const rf_ctx *c, rf_index s, const rf_sp
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    /* Group outer, rows inner: a group's panel stays in L2 while every row tile of the thread uses it. */
-    for (rf_index g_cur = g_lo; g_cur < g_hi; g_cur++) RF_TILE_ROWS(sp->r_lo, sp->r_hi, NV, r0, nr) {
+    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t1, len1;
             A[i] = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1) ? dg_tb + (t1 * B + r0 + i) * H : zero;
         }
-        for (rf_index grp = g_cur; grp == g_cur; grp++) {
-            if (s < 0 || SFX(any_active)(c, s, r0, nr))
-                SFX(gemm_tile)(nr, NV, A, H, panel + grp * H * NV * V, out);
+        for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -93,7 +91,7 @@ static RF_INLINE void SFX(rnn_bwd_step)(const rf_ctx *c, rf_index s, const rf_sp
                     const rf_index j0 = (grp * ub + sb) * V;
                     if (j0 >= H) break;
                     const int nl = (int)(H - j0 < V ? H - j0 : V);
-                    VEC dh = SFX(vload)(out + (i * NV + sb) * V);
+                    VEC dh = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
                     if (s == len - 1 && dh_n) dh += SFX(vload_n)(dh_n + b * H + j0, nl);
                     if (s < 0) { SFX(vstore_n)(dh0 + b * H + j0, dh, nl); continue; }
                     if (!active) { SFX(zero_n)(dg_tb + (s * B + b) * H + j0, nl); continue; }

@@ -75,6 +75,26 @@ def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
 
 # ------------------------------------------------------------------------------------ layouts
 
+# The per-step barrier with more threads than this machine has CPUs (the caps lifted: ops._cpus and the
+# minimum work per thread): 3, 5, 8 threads take 2, 3, 3 rounds, n not a power of two included, and the
+# waiting threads of an oversubscribed team yield their CPU. B = 1 also runs the one-row tiles over several
+# panel groups at once (gemm_row1), B = 2 and 3 the ordinary tiles; every count gives the bits of 1 thread.
+@pytest.mark.parametrize("B", [1, 2, 3])
+@pytest.mark.parametrize("case", CASES)
+def test_more_threads_than_cpus_change_no_bit(rng, monkeypatch, case, B):
+    T = 4
+    cell, a, kw = make_problem(rng, case, T, B, 5, 72, 71, dtype=np.float32)
+    lengths = np.full(B, T)
+    lengths[-1] = T - 1
+    out, _ = forward(ops, cell, a, kw, lengths=lengths)
+    d = d_outputs_for(rng, out)
+    expected = run(cell, a, kw, d, threads=1, lengths=lengths)
+    monkeypatch.setattr(ops, "_cpus", lambda: 64)
+    monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
+    for n in (2, 3, 5, 8):
+        assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths), expected, f"{n} threads vs 1")
+
+
 def _fortran(v):
     return np.asfortranarray(v)
 
