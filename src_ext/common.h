@@ -359,16 +359,16 @@ static RF_INLINE void SFX(map_row)(const SFX(rowmap) *m, rf_index n, const REAL 
  * out[n, :] = A[n, :K] @ panels for rows n_lo..n_hi (mapped as above). No BLAS thread pool ever runs
  * between (or, worse, spins beside) the kernel's own threads. Gs gates of N units per row are written to
  * out[n, g*N + j] (the natural torch layout), the tails masked. */
-static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, const SFX(rowmap) *map, const REAL *A,
-                                     rf_index lda, rf_index K, const REAL *panel, int Gs, int ub, rf_index N,
-                                     REAL *out, rf_index ldo) {
+static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo, rf_index g_hi, rf_index RB,
+                                     const SFX(rowmap) *map, const REAL *A, rf_index lda, rf_index K,
+                                     const REAL *panel, int Gs, int ub, rf_index N, REAL *out, rf_index ldo) {
     const int NV = Gs * ub;
-    const rf_index ngrp = RF_NGRP(N, ub), RB = 64;
     REAL tile[8 * 4 * V] __attribute__((aligned(64)));
-    /* Row blocks outer, groups, then row tiles: each panel group is read once per block of rows. */
+    /* Row blocks outer, groups g_lo..g_hi, then row tiles: each panel group is read once per block of
+     * RB rows. */
     for (rf_index b_lo = n_lo; b_lo < n_hi; b_lo += RB) {
         const rf_index b_hi = n_hi - b_lo < RB ? n_hi : b_lo + RB;
-        for (rf_index grp = 0; grp < ngrp; grp++) {
+        for (rf_index grp = g_lo; grp < g_hi; grp++) {
             RF_TILE_ROWS(b_lo, b_hi, NV, r0, nr) {
                 const REAL *Ar[8];
                 REAL *Or[8];
@@ -400,19 +400,27 @@ static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
 }
 
 /* Forward, before loop step s0 whenever s0 starts a chunk: xw rows of steps s0..s0+xw_steps-1 (x @ w_ih^T,
- * no bias). Batch split: each thread projects its own rows, which only it reads, with no barrier. Hidden
- * split: the chunk's rows are shared out and the threads meet before the steps read them. The step that
- * ended the previous chunk ended at a barrier, so no thread still reads the buffer being overwritten. */
+ * no bias). Batch split: each thread projects its own rows, which only it reads, with no barrier, in
+ * blocks of 64 rows. Hidden split: each thread projects every row for its own panel groups (the ones it
+ * packed), so that it reads only its share of the w_ih panels, and from memory only once: blocks of rows
+ * as large as fit ~1 MiB of x, each group's panel read once per block. The threads meet before the steps
+ * read the rows. The step that ended the previous chunk ended at a barrier, so no thread still reads the
+ * buffer being overwritten. */
 static RF_INLINE void SFX(project_chunk)(const rf_ctx *c, rf_split *sp, rf_index s0) {
     if (s0 % c->xw_steps) return;
     const rf_index n = c->T - s0 < c->xw_steps ? c->T - s0 : c->xw_steps;
     const rf_index b0 = sp->batch ? sp->r_lo : 0, nb = sp->batch ? sp->r_hi - sp->r_lo : c->B;
     const SFX(rowmap) map = {c, s0, b0, nb};
-    rf_index lo = 0, hi = n * nb;
-    if (!sp->batch) rf_share(sp, n * nb, &lo, &hi);
+    const rf_index ngrp = RF_NGRP(c->H, c->uih);
+    rf_index g_lo = 0, g_hi = ngrp, RB = 64;
+    if (!sp->batch) {
+        rf_share(sp, ngrp, &g_lo, &g_hi);
+        RB = (rf_index)(1 << 20) / ((c->n_in > 0 ? c->n_in : 1) * (rf_index)sizeof(REAL));
+        if (RB < 64) RB = 64;
+    }
     if (nb > 0)
-        SFX(rows_gemm)(lo, hi, &map, (const REAL *)c->x, c->n_in, c->n_in, (const REAL *)c->wih_pack,
-                       (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+        SFX(rows_gemm)(0, n * nb, g_lo, g_hi, RB, &map, (const REAL *)c->x, c->n_in, c->n_in,
+                       (const REAL *)c->wih_pack, (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
     rf_sync(sp);
 }
 
@@ -427,7 +435,7 @@ static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
     const SFX(rowmap) ident = {0};
     rf_index lo, hi;
     rf_share(sp, c->T * c->B, &lo, &hi);
-    SFX(rows_gemm)(lo, hi, &ident, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
+    SFX(rows_gemm)(lo, hi, 0, RF_NGRP(c->n_in, c->uihq), 64, &ident, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
                    (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
 }
 
