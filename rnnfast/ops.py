@@ -183,13 +183,19 @@ def _scratch(name, shape, dtype, fill=None):
     return a
 
 
-def _pack(specs, src, offset, s_g, s_j, s_k, Gs, N, K, dtype):
+def _unit_blocks(Gs, N, V):
+    """Unit blocks per panel group: a tile row holds Gs * ub <= 4 vectors."""
+    return max(1, min(4 // Gs, -(-N // V)))
+
+
+def _pack(specs, src, offset, s_g, s_j, s_k, Gs, N, K, dtype, owners=None):
     """Room for the panels of src (element (g, j, k) = src.flat[offset + g*s_g + j*s_j + k*s_k]) used by the
     compiled GEMM tiles, with ub unit blocks per group so that a tile holds <= 4 vectors. The packing itself
-    happens inside the kernel's parallel region: the spec is appended to `specs`."""
-    V = _kernels.lanes(dtype)
-    ub = max(1, min(4 // Gs, -(-N // V)))
-    dst = _scratch(f"pack{len(specs)}", (_kernels.pack_size(Gs, N, K, ub, dtype),), dtype)
+    happens inside the kernel's parallel region: the spec is appended to `specs`. The panels live in this
+    thread's workspace, or with `owners` in a pooled array that outlives the call (kept for backward)."""
+    ub = _unit_blocks(Gs, N, _kernels.lanes(dtype))
+    size = _kernels.pack_size(Gs, N, K, ub, dtype)
+    dst = _scratch(f"pack{len(specs)}", (size,), dtype) if owners is None else _pooled((size,), dtype, owners)
     specs.append((src, offset, s_g, s_j, s_k, Gs, N, K, ub, dst))
     return dst, ub
 
@@ -234,8 +240,8 @@ def _round_up(n, V):
     return -(-n // V) * V
 
 
-# What a training forward keeps for backward (the saved gates and states, private copies of x and the
-# weights) lives as long as the `saved` object, then returns here for the next forward: a training loop
+# What a training forward keeps for backward (the saved gates and states, a private copy of x, the weights
+# packed for backward) lives as long as the `saved` object, then returns here for the next forward: a training loop
 # that frees `saved` after its backward allocates these once, not a fresh set of pages per step (page
 # faults were a third of a training forward). Shared between threads; at most _POOL_MAX_BYTES kept.
 _POOL_MAX_BYTES = 512 << 20
@@ -287,16 +293,17 @@ def _release(owners):
 
 
 class _Saved:
-    """What backward needs; opaque to users. Holds private copies of x and the weights, so changing the
-    caller's arrays between forward and backward cannot change the gradients."""
-    __slots__ = ("cell", "dtype", "T", "B", "I", "H", "K", "G", "mode", "reverse", "lengths", "x", "w_ih",
-                 "w_hh", "w_hr", "w_peep", "has_bias", "buffers", "_owners")
+    """What backward needs; opaque to users. Holds a private copy of x and the weights already packed for
+    backward's GEMMs, so changing the caller's arrays between forward and backward cannot change the
+    gradients."""
+    __slots__ = ("cell", "dtype", "T", "B", "I", "H", "K", "G", "mode", "reverse", "lengths", "x", "proj",
+                 "w_peep", "wpacks", "has_bias", "buffers", "_owners")
 
     def __del__(self):
         owners = getattr(self, "_owners", None)
         if owners:
             # drop this object's views first, so that only arrays nobody else holds go back to the pool
-            self.buffers = self.x = self.w_ih = self.w_hh = self.w_hr = self.w_peep = None
+            self.buffers = self.x = self.w_peep = self.wpacks = None
             try:
                 _release(owners)
             except Exception:  # interpreter shutdown: the module's globals may be gone; nothing to keep
@@ -306,9 +313,7 @@ class _Saved:
         """True when every array still has the shape and dtype the sizes say (a guard for the compiled
         code against a saved object altered after the forward)."""
         T, B, I, H, K, G = self.T, self.B, self.I, self.H, self.K, self.G
-        want = {"x": (T, B, I), "w_ih": (G * H, I), "w_hh": (G * H, K)}
-        if self.w_hr is not None:
-            want["w_hr"] = (K, H)
+        want = {"x": (T, B, I)}
         if self.w_peep is not None:
             want["w_peep"] = (3, H)
         arrays = [(getattr(self, n), shape) for n, shape in want.items()]
@@ -318,6 +323,26 @@ class _Saved:
             if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != self.dtype \
                     or not a.flags.c_contiguous:
                 return False
+        # the weight panels backward reads (made by a forward with T * B > 0)
+        if T * B:
+            V = _kernels.lanes(self.dtype)
+            before = self.cell == "gru" and self.mode == 0
+            sizes = {"wq": (K, 2 * H if before else G * H), "wihq": (I, G * H)}  # (outputs, reduction)
+            if self.proj:
+                sizes["wq2"] = (H, K)
+            elif before:
+                sizes["wq2"] = (H, H)
+            if not isinstance(self.wpacks, dict) or set(self.wpacks) != set(sizes):
+                return False
+            for n, (n_out, n_red) in sizes.items():
+                pk = self.wpacks[n]
+                if not (isinstance(pk, tuple) and len(pk) == 2 and isinstance(pk[0], np.ndarray)
+                        and isinstance(pk[1], int)):
+                    return False
+                p, ub = pk
+                if p.ndim != 1 or p.dtype != self.dtype or not p.flags.c_contiguous or ub != _unit_blocks(1, n_out, V) \
+                        or p.size < _kernels.pack_size(1, n_out, n_red, ub, self.dtype):
+                    return False
         if self.lengths is not None and (not isinstance(self.lengths, np.ndarray) or self.lengths.shape != (B,)
                                          or self.lengths.dtype != np.int64
                                          or (B and (self.lengths.min() < 0 or self.lengths.max() > T))):
@@ -360,6 +385,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         c_n = np.zeros((B, H), dtype) if c0 is None else c0.copy()
     y = np.empty((T, B, K), dtype)
     bufs = {}
+    wpacks = {}
     owners = []  # pooled arrays that `saved` will hold
     if T and B:
         xw_steps = _xw_steps(T, B, GH, dtype.itemsize)
@@ -395,6 +421,16 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                  hbuf=hbuf, cbuf=cbuf, lengths=lengths,
                  mbuf=_scratch("mbuf", (B, H), dtype, fill=0) if (proj or (cell == "gru" and not after)) else None)
         if training:
+            # The panels backward multiplies by (w_hh^T for dh, w_hr for a projection or GRU's w_hn apart,
+            # w_ih^T for dx), packed here from the caller's weights as they are now: backward never reads
+            # the caller's weights again, and no copy of them is made.
+            before = cell == "gru" and not after
+            wpacks["wq"] = _pack(packs, w_hh, 0, 0, 1, K, 1, K, 2 * H if before else GH, dtype, owners)
+            if proj:
+                wpacks["wq2"] = _pack(packs, w_hr, 0, 0, 1, H, 1, H, K, dtype, owners)
+            elif before:
+                wpacks["wq2"] = _pack(packs, w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype, owners)
+            wpacks["wihq"] = _pack(packs, w_ih, 0, 0, 1, I, 1, I, GH, dtype, owners)
             bufs["gates_tb"] = _pooled((T, B, GH), dtype, owners)
             bufs["hprev_tb"] = _pooled((T, B, K), dtype, owners)
             if cell == "lstm":
@@ -414,9 +450,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         saved = _Saved()
         saved.cell, saved.dtype, saved.mode, saved.reverse, saved.lengths = cell, dtype, mode, reverse, lengths
         saved.T, saved.B, saved.I, saved.H, saved.K, saved.G = T, B, I, H, K, G
-        saved.x, saved.w_ih, saved.w_hh, saved.w_hr, saved.w_peep = (
+        saved.x, saved.w_peep = (
             _private(a, u, owners) if isinstance(u, np.ndarray) or a is None else _private(a, a, owners)
-            for a, u in zip((x, w_ih, w_hh, w_hr, w_peep), user))
+            for a, u in ((x, user[0]), (w_peep, user[4])))
+        saved.proj = proj
+        saved.wpacks = wpacks
         saved.has_bias = (b_ih is not None, b_hh is not None)
         saved.buffers = bufs
         saved._owners = owners
@@ -485,7 +523,7 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     if cell == "lstm":
         dc_n = _c(_as_float_array("dc_n", dc_n, dtype))
         _check_shape("dc_n", dc_n, (B, H))
-    proj = s.w_hr is not None
+    proj = s.proj
     after = cell == "gru" and s.mode == 1
     before = cell == "gru" and not after
     dh0 = np.zeros((B, K), dtype) if dh_n is None else dh_n.copy()
@@ -504,15 +542,12 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         dg_tb = _scratch("dg_tb", (T, B, GH), dtype)
         dgh_tb = _scratch("dgh_tb", (T, B, GH), dtype) if after else None
         # Panels: w_hh^T for the recurrent GEMM (GRU reset before: its r, z rows; w_hn^T apart), w_hr for
-        # dm = dh @ w_hr, w_ih^T for dx, and the columns of x, hprev, m for the weight gradients.
+        # dm = dh @ w_hr, w_ih^T for dx (all three packed by the training forward), and the columns of x,
+        # hprev, m for the weight gradients.
         packs = []
-        wq_pack, uq = _pack(packs, s.w_hh, 0, 0, 1, K, 1, K, 2 * H if before else GH, dtype)
-        wq2_pack, uq2 = None, 1
-        if proj:
-            wq2_pack, uq2 = _pack(packs, s.w_hr, 0, 0, 1, H, 1, H, K, dtype)
-        elif before:
-            wq2_pack, uq2 = _pack(packs, s.w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype)
-        wihq_pack, uihq = _pack(packs, s.w_ih, 0, 0, 1, I, 1, I, GH, dtype)
+        wq_pack, uq = s.wpacks["wq"]
+        wq2_pack, uq2 = s.wpacks.get("wq2", (None, 1))
+        wihq_pack, uihq = s.wpacks["wihq"]
         xp_pack, uxp = _pack(packs, s.x, 0, 0, 1, I, 1, I, N, dtype)
         if s.lengths is not None and s.lengths.min() < T:
             # The padding of x is never read (as with torch's PackedSequence), not even multiplied by 0.

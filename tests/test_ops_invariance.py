@@ -263,3 +263,19 @@ def test_backward_can_be_repeated_and_ignores_changes_to_outputs(rng, case):
     again = backward(ops, cell, d, saved, a)
     for name, g, e in zip(GRAD_NAMES[cell], again, first):
         assert (g is None) == (e is None) and (g is None or np.array_equal(g, e)), name
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_backward_ignores_changes_to_the_inputs_after_forward(rng, case):
+    """The training forward keeps what backward needs (x, the weights packed for backward's GEMMs), so
+    overwriting the caller's x and weights between forward and backward changes no gradient."""
+    cell, a, kw, d, lengths = _problem(rng, case, np.float32)
+    out, saved = forward(ops, cell, a, kw, lengths=lengths, training=True)
+    expected = tuple(np.array(g) if g is not None else None for g in backward(ops, cell, d, saved, a))
+    out, saved = forward(ops, cell, a, kw, lengths=lengths, training=True)
+    for k, v in a.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            v[...] = np.nan
+    got = backward(ops, cell, d, saved, a)
+    for name, g, e in zip(GRAD_NAMES[cell], got, expected):
+        assert (g is None) == (e is None) and (g is None or np.array_equal(g, e)), name
