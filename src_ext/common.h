@@ -10,6 +10,7 @@ typedef int32_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 typedef int64_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 #endif
 #define IVEC SFX(ivec)
+typedef REAL SFX(v8) __attribute__((vector_size(8 * sizeof(REAL)))); /* 8 elements: a row of a weight-gradient tile */
 
 /* Row tiles of up to 6 rows for groups of 4 panel vectors (one pass, 24 accumulators), else up to 8 rows
  * (3 vectors in one pass, 24 accumulators; 4 or more in passes of 2): each panel vector loaded feeds 6-8
@@ -458,12 +459,22 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
     rf_index NB = (rf_index)(512 * 1024 / sizeof(REAL)) / (ngrp * NV * V);
     NB = NB < 64 ? 64 : NB > NBMAX ? NBMAX : NB;
     REAL tile[8 * 4 * V] __attribute__((aligned(64)));
-    REAL apack[NBMAX * 8] __attribute__((aligned(64)));
+    REAL apack[NBMAX * 8 + 8] __attribute__((aligned(64)));
     for (rf_index n0 = 0; n0 < N; n0 += NB) {
         const rf_index nk = N - n0 < NB ? N - n0 : NB;
         RF_TILE_ROWS(m_lo, m_hi, NV, r0, nr) {
-            for (rf_index k = 0; k < nk; k++)
-                for (int i = 0; i < nr; i++) apack[k * nr + i] = A[(n0 + k) * lda + r0 + i];
+            if (r0 + 8 <= lda) {
+                /* 8 elements a row (nr <= 8), each row's spill overwritten by the next row; the last
+                 * row's lands in apack's slack and never reads past the row */
+                for (rf_index k = 0; k < nk; k++) {
+                    SFX(v8) v;
+                    memcpy(&v, A + (n0 + k) * lda + r0, sizeof v);
+                    memcpy(apack + k * nr, &v, sizeof v);
+                }
+            } else {
+                for (rf_index k = 0; k < nk; k++)
+                    for (int i = 0; i < nr; i++) apack[k * nr + i] = A[(n0 + k) * lda + r0 + i];
+            }
             const REAL *Ar[8];
             for (int i = 0; i < nr; i++) Ar[i] = apack + i;
             for (rf_index grp = 0; grp < ngrp; grp++) {
