@@ -161,22 +161,45 @@ _SCRATCH_TOTAL_BYTES = 512 << 20   # what one thread keeps in all
 _scratch_tls = threading.local()
 
 
+# Every workspace and pooled array starts on a 64-byte boundary (numpy gives 16): a vector load or store
+# of the kernels that straddles two cache lines costs two.
+_ALIGN = 64
+
+
+def _aligned(raw, n):
+    """The n elements of raw (a 1-D array of n + _ALIGN // itemsize) that start on an _ALIGN boundary: a
+    view whose base is raw."""
+    off = (-raw.ctypes.data % _ALIGN) // raw.itemsize
+    return raw[off:off + n]
+
+
+def _new(shape, dtype, fill=None):
+    """A new array (an output, or kept by the caller) that starts on an _ALIGN boundary."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    a = _aligned(np.empty(n + _ALIGN // dtype.itemsize, dtype), n).reshape(shape)
+    if fill is not None:
+        a.fill(fill)
+    return a
+
+
 def _scratch(name, shape, dtype, fill=None):
     """An array of `shape` for use within one call only, reusing this thread's buffer called `name`."""
     dtype = np.dtype(dtype)
     n = math.prod(shape)
     pool = _scratch_tls.__dict__.setdefault("pool", {})
     key = (name, dtype.char)
+    pad = _ALIGN // dtype.itemsize
     buf = pool.get(key)
-    if buf is None or buf.size < n:
+    if buf is None or buf.size - pad < n:
         kept = sum(b.nbytes for k, b in pool.items() if k != key)
         if n * dtype.itemsize > _SCRATCH_MAX_BYTES or kept + n * dtype.itemsize > _SCRATCH_TOTAL_BYTES:
-            a = np.empty(shape, dtype)  # not kept
+            a = _aligned(np.empty(n + pad, dtype), n)  # not kept
         else:
-            buf = pool[key] = np.empty(n, dtype)
-            a = buf[:n]
+            buf = pool[key] = np.empty(n + pad, dtype)
+            a = _aligned(buf, n)
     else:
-        a = buf[:n]
+        a = _aligned(buf, n)
     a = a.reshape(shape)
     if fill is not None:
         a.fill(fill)
@@ -273,9 +296,11 @@ def _pooled(shape, dtype, owners):
             base = free.pop()
             _pool_bytes -= base.nbytes
     if base is None:
-        base = np.empty(n, dtype)
+        base = np.empty(n + _ALIGN // dtype.itemsize, dtype)
     owners.append(base)
-    return base.reshape(shape)
+    # views of base (this one and any a caller takes from it) all have base as their .base: its reference
+    # count tells _release whether anyone still holds it
+    return _aligned(base, n).reshape(shape)
 
 
 def _release(owners):
@@ -288,7 +313,7 @@ def _release(owners):
             continue
         with _pool_lock:
             if _pool_bytes + base.nbytes <= _POOL_MAX_BYTES:
-                _pool.setdefault((base.size, base.dtype.char), []).append(base)
+                _pool.setdefault((base.size - _ALIGN // base.itemsize, base.dtype.char), []).append(base)
                 _pool_bytes += base.nbytes
 
 
@@ -383,7 +408,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
     c_n = None
     if cell == "lstm":
         c_n = np.zeros((B, H), dtype) if c0 is None else c0.copy()
-    y = np.empty((T, B, K), dtype)
+    y = _new((T, B, K), dtype)
     bufs = {}
     wpacks = {}
     owners = []  # pooled arrays that `saved` will hold
@@ -396,7 +421,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         # since it sits inside r * (W_hn h + b_hn).
         bias = b_hn = None
         if b_ih is not None or b_hh is not None:
-            bias = np.zeros(GH, dtype)
+            bias = _new((GH,), dtype, fill=0)
             if b_ih is not None:
                 bias += b_ih
             if b_hh is not None:
@@ -530,10 +555,10 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     dc0 = None
     if cell == "lstm":
         dc0 = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
-    dx = np.zeros((T, B, I), dtype)
-    dw_ih = np.zeros((GH, I), dtype)
-    dw_hh = np.zeros((GH, K), dtype)
-    dw_hr = np.zeros((K, H), dtype) if proj else None
+    dx = _new((T, B, I), dtype, fill=0)
+    dw_ih = _new((GH, I), dtype, fill=0)
+    dw_hh = _new((GH, K), dtype, fill=0)
+    dw_hr = _new((K, H), dtype, fill=0) if proj else None
     dg_tb = np.zeros((T, B, GH), dtype) if not N else None  # T*B == 0: bias gradients sum over nothing
     dgh_tb = None
     a = s.buffers

@@ -261,3 +261,25 @@ def test_kept_workspaces_are_bounded(monkeypatch):
         np.testing.assert_array_equal(ops.lstm_forward(*args)[0], want)
         kept = [b.nbytes for b in ops._scratch_tls.pool.values()]
         assert 0 < sum(kept) <= 33_000 and max(kept) <= 40_000, kept
+
+
+def test_workspaces_saved_arrays_and_outputs_start_on_64_byte_boundaries(monkeypatch):
+    """The kernels' vector loads and stores straddle two cache lines on any other start (numpy gives 16):
+    every workspace, pooled array and kernel-written output starts on a 64-byte boundary, for every size
+    (the padding differs per size), dtype, new or reused."""
+    import numpy as np
+    from rnnfast import ops
+    made = []
+    real_scratch = ops._scratch
+    monkeypatch.setattr(ops, "_scratch", lambda *a, **k: made.append(real_scratch(*a, **k)) or made[-1])
+    for dtype in (np.float32, np.float64):
+        for T, B, I, H in ((1, 1, 1, 1), (3, 2, 5, 7), (6, 3, 17, 33)):
+            for _ in range(2):  # new, then reused
+                args = _lstm_problem(T=T, B=B, I=I, H=H, dtype=dtype)
+                y, h_n, c_n, saved = ops.lstm_forward(*args, training=True)
+                grads = ops.lstm_backward(np.ones_like(y), None, None, saved)
+                arrays = [y, *grads[:1], *grads[3:5], *saved.buffers.values(),
+                          *(p for p, _ in saved.wpacks.values()), *made]
+                for a in arrays:
+                    assert a.ctypes.data % 64 == 0, (dtype, T, B, I, H, a.shape)
+                made.clear()
