@@ -142,7 +142,7 @@ def _validate(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr=None, w_peep=None):
         _check_shape("w_peep", w_peep, (3, H))
     # Every (T, B, .) array rnnfast allocates must be addressable (reachable only with I = 0, where x is empty).
     biggest = T * B * max(G * H, K, I, 1) * dtype.itemsize
-    if biggest > np.iinfo(np.intp).max:
+    if biggest > _INTP_MAX:
         raise MemoryError(f"x: T = {T}, B = {B} with G*H = {G * H} need {biggest} bytes per (T, B, G*H) array, "
                           f"beyond the address space")
     return (dtype, T, B, I, H, K, _c(x), _c(h0), _c(c0), _c(w_ih), _c(w_hh), _c(b_ih), _c(b_hh),
@@ -169,7 +169,7 @@ _ALIGN = 64
 def _aligned(raw, n):
     """The n elements of raw (a 1-D array of n + _ALIGN // itemsize) that start on an _ALIGN boundary: a
     view whose base is raw."""
-    off = (-raw.ctypes.data % _ALIGN) // raw.itemsize
+    off = _kernels.align_offset(raw, _ALIGN)
     return raw[off:off + n]
 
 
@@ -183,23 +183,27 @@ def _new(shape, dtype, fill=None):
     return a
 
 
+_INTP_MAX = int(np.iinfo(np.intp).max)
+
+
 def _scratch(name, shape, dtype, fill=None):
-    """An array of `shape` for use within one call only, reusing this thread's buffer called `name`."""
+    """An array of `shape` for use within one call only, reusing this thread's buffer called `name` (kept
+    as its aligned view: a call only slices it)."""
     dtype = np.dtype(dtype)
     n = math.prod(shape)
     pool = _scratch_tls.__dict__.setdefault("pool", {})
     key = (name, dtype.char)
-    pad = _ALIGN // dtype.itemsize
     buf = pool.get(key)
-    if buf is None or buf.size - pad < n:
+    if buf is None or buf.size < n:
         kept = sum(b.nbytes for k, b in pool.items() if k != key)
+        pad = _ALIGN // dtype.itemsize
         if n * dtype.itemsize > _SCRATCH_MAX_BYTES or kept + n * dtype.itemsize > _SCRATCH_TOTAL_BYTES:
             a = _aligned(np.empty(n + pad, dtype), n)  # not kept
         else:
-            buf = pool[key] = np.empty(n + pad, dtype)
-            a = _aligned(buf, n)
+            buf = pool[key] = _aligned(np.empty(n + pad, dtype), n)
+            a = buf
     else:
-        a = _aligned(buf, n)
+        a = buf[:n]
     a = a.reshape(shape)
     if fill is not None:
         a.fill(fill)

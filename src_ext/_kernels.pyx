@@ -109,6 +109,13 @@ def max_threads():
     return rf_max_threads()
 
 
+def align_offset(cnp.ndarray a, int align):
+    """How many elements into a (1-D, contiguous) the first `align`-byte boundary lies: what
+    a.ctypes.data % align tells, for ~1/20 of the cost (that builds a ctypes object)."""
+    cdef size_t addr = <size_t>cnp.PyArray_DATA(a)
+    return <rf_index>(((align - addr % align) % align) // cnp.PyArray_ITEMSIZE(a))
+
+
 def pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, dtype):
     return rf_pack_size(Gs, N, K, ub, lanes(dtype))
 
