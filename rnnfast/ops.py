@@ -559,10 +559,13 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     dc0 = None
     if cell == "lstm":
         dc0 = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
-    dx = _new((T, B, I), dtype, fill=0)
-    dw_ih = _new((GH, I), dtype, fill=0)
-    dw_hh = _new((GH, K), dtype, fill=0)
-    dw_hr = _new((K, H), dtype, fill=0) if proj else None
+    # The kernel writes every element of dx and the weight gradients (no zeroing first); with T * B = 0
+    # there is no kernel call and they are zeros.
+    zero = None if N else 0
+    dx = _new((T, B, I), dtype, fill=zero)
+    dw_ih = _new((GH, I), dtype, fill=zero)
+    dw_hh = _new((GH, K), dtype, fill=zero)
+    dw_hr = _new((K, H), dtype, fill=zero) if proj else None
     dg_tb = np.zeros((T, B, GH), dtype) if not N else None  # T*B == 0: bias gradients sum over nothing
     dgh_tb = None
     a = s.buffers

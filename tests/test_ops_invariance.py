@@ -279,3 +279,18 @@ def test_backward_ignores_changes_to_the_inputs_after_forward(rng, case):
     got = backward(ops, cell, d, saved, a)
     for name, g, e in zip(GRAD_NAMES[cell], got, expected):
         assert (g is None) == (e is None) and (g is None or np.array_equal(g, e)), name
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_output_element_is_written(rng, monkeypatch, case):
+    """dx and the weight gradients are not zeroed before the kernel writes them: with every new array
+    prefilled with NaN instead, the results are the same bits (nothing left unwritten)."""
+    cell, a, kw, d, lengths = _problem(rng, case, np.float64)
+    expected = run(cell, a, kw, d, lengths=lengths)
+    real_new = ops._new
+
+    def nan_new(shape, dtype, fill=None):
+        return real_new(shape, dtype, fill=np.nan if fill is None else fill)
+
+    monkeypatch.setattr(ops, "_new", nan_new)
+    assert_same_bits(run(cell, a, kw, d, lengths=lengths), expected, "outputs prefilled with NaN")
