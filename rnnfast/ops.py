@@ -268,9 +268,9 @@ def _round_up(n, V):
 
 
 # What a training forward keeps for backward (the saved gates and states, a private copy of x, the weights
-# packed for backward) lives as long as the `saved` object, then returns here for the next forward: a training loop
-# that frees `saved` after its backward allocates these once, not a fresh set of pages per step (page
-# faults were a third of a training forward). Shared between threads; at most _POOL_MAX_BYTES kept.
+# packed for backward) lives as long as the `saved` object, then returns here for the next forward: a
+# training loop that frees `saved` after its backward allocates these once, not a fresh set of pages per
+# step (page faults were a third of a training forward). Shared between threads; at most _POOL_MAX_BYTES kept.
 _POOL_MAX_BYTES = 512 << 20
 _pool_lock = threading.Lock()
 _pool = {}
@@ -369,7 +369,8 @@ class _Saved:
                         and isinstance(pk[1], int)):
                     return False
                 p, ub = pk
-                if p.ndim != 1 or p.dtype != self.dtype or not p.flags.c_contiguous or ub != _unit_blocks(1, n_out, V) \
+                if p.ndim != 1 or p.dtype != self.dtype or not p.flags.c_contiguous \
+                        or ub != _unit_blocks(1, n_out, V) \
                         or p.size < _kernels.pack_size(1, n_out, n_red, ub, self.dtype):
                     return False
         if self.lengths is not None and (not isinstance(self.lengths, np.ndarray) or self.lengths.shape != (B,)
