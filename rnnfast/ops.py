@@ -215,6 +215,20 @@ def _unit_blocks(Gs, N, V):
     return max(1, min(4 // Gs, -(-N // V)))
 
 
+def _backward_weight_panels(cell, mode, proj, H, K, I, G, w_ih=None, w_hh=None, w_hr=None):
+    """The panels of the weights backward multiplies by, name -> (source, flat offset, outputs, reduction):
+    w_hh^T for dh (GRU reset before: its r, z rows), w_hr for a projection or GRU's w_hn apart, w_ih^T for
+    dx. Each source row is one reduction index (row length = outputs). Packed by the training forward,
+    checked by _Saved.consistent."""
+    before = cell == "gru" and mode == 0
+    panels = {"wq": (w_hh, 0, K, 2 * H if before else G * H), "wihq": (w_ih, 0, I, G * H)}
+    if proj:
+        panels["wq2"] = (w_hr, 0, H, K)
+    elif before:
+        panels["wq2"] = (w_hh, 2 * H * H, H, H)
+    return panels
+
+
 def _pack(specs, src, offset, s_g, s_j, s_k, Gs, N, K, dtype, owners=None):
     """Room for the panels of src (element (g, j, k) = src.flat[offset + g*s_g + j*s_j + k*s_k]) used by the
     compiled GEMM tiles, with ub unit blocks per group so that a tile holds <= 4 vectors. The packing itself
@@ -355,15 +369,10 @@ class _Saved:
         # the weight panels backward reads (made by a forward with T * B > 0)
         if T * B:
             V = _kernels.lanes(self.dtype)
-            before = self.cell == "gru" and self.mode == 0
-            sizes = {"wq": (K, 2 * H if before else G * H), "wihq": (I, G * H)}  # (outputs, reduction)
-            if self.proj:
-                sizes["wq2"] = (H, K)
-            elif before:
-                sizes["wq2"] = (H, H)
+            sizes = _backward_weight_panels(self.cell, self.mode, self.proj, H, K, I, G)
             if not isinstance(self.wpacks, dict) or set(self.wpacks) != set(sizes):
                 return False
-            for n, (n_out, n_red) in sizes.items():
+            for n, (_, _, n_out, n_red) in sizes.items():
                 pk = self.wpacks[n]
                 if not (isinstance(pk, tuple) and len(pk) == 2 and isinstance(pk[0], np.ndarray)
                         and isinstance(pk[1], int)):
@@ -451,16 +460,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                  hbuf=hbuf, cbuf=cbuf, lengths=lengths,
                  mbuf=_scratch("mbuf", (B, H), dtype, fill=0) if (proj or (cell == "gru" and not after)) else None)
         if training:
-            # The panels backward multiplies by (w_hh^T for dh, w_hr for a projection or GRU's w_hn apart,
-            # w_ih^T for dx), packed here from the caller's weights as they are now: backward never reads
-            # the caller's weights again, and no copy of them is made.
-            before = cell == "gru" and not after
-            wpacks["wq"] = _pack(packs, w_hh, 0, 0, 1, K, 1, K, 2 * H if before else GH, dtype, owners)
-            if proj:
-                wpacks["wq2"] = _pack(packs, w_hr, 0, 0, 1, H, 1, H, K, dtype, owners)
-            elif before:
-                wpacks["wq2"] = _pack(packs, w_hh, 2 * H * H, 0, 1, H, 1, H, H, dtype, owners)
-            wpacks["wihq"] = _pack(packs, w_ih, 0, 0, 1, I, 1, I, GH, dtype, owners)
+            # The panels backward multiplies by, packed here from the caller's weights as they are now:
+            # backward never reads the caller's weights again, and no copy of them is made.
+            for name, (src, off, n_out, n_red) in _backward_weight_panels(
+                    cell, mode, proj, H, K, I, G, w_ih, w_hh, w_hr).items():
+                wpacks[name] = _pack(packs, src, off, 0, 1, n_out, 1, n_out, n_red, dtype, owners)
             bufs["gates_tb"] = _pooled((T, B, GH), dtype, owners)
             bufs["hprev_tb"] = _pooled((T, B, K), dtype, owners)
             if cell == "lstm":

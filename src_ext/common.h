@@ -189,8 +189,6 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
             SFX(vstore)(out + (g * NVV + v) * V, acc[g][v]);                        \
         return;                                                                     \
     }
-#define RF_ROW1_MAXG 4
-
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
         int MG, int NV, const REAL *A, rf_index K, const REAL *panel, rf_index gs, REAL *out) {
     /* the row was written by the other threads at the end of the last step: ask for all its lines at
@@ -298,13 +296,11 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
 }
 
 /* The tiles of a step phase: groups g_lo..g_hi outer, row tiles inner (a group's panel stays in L2 while
- * every row tile of the thread uses it); a thread with a single row takes up to RF_ROW1_MAXG groups at a
- * time (m of them from g_cur). */
+ * every row tile of the thread uses it), m groups from g_cur at a time (rf_step_groups). */
 #define RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr)                                              \
-    for (rf_index g_cur = (g_lo), m = 1; g_cur < (g_hi); g_cur += m)                                      \
-        for (int m1_ = ((sp)->r_hi - (sp)->r_lo == 1), m2_ = 1; m2_; m2_ = 0)                             \
-            for (m = m1_ ? ((g_hi) - g_cur < RF_ROW1_MAXG ? (g_hi) - g_cur : RF_ROW1_MAXG) : 1; m2_; m2_ = 0) \
-                RF_TILE_ROWS((sp)->r_lo, (sp)->r_hi, NV, r0, nr)
+    for (rf_index g_cur = (g_lo), m = rf_step_groups(sp, g_cur, g_hi); g_cur < (g_hi);                   \
+         g_cur += m, m = rf_step_groups(sp, g_cur, g_hi))                                                 \
+        RF_TILE_ROWS((sp)->r_lo, (sp)->r_hi, NV, r0, nr)
 
 /* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it
  * is active (s < length). Reverse rows run from length-1 down to 0. */
@@ -436,8 +432,8 @@ static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
     const SFX(rowmap) ident = {0};
     rf_index lo, hi;
     rf_share(sp, c->T * c->B, &lo, &hi);
-    SFX(rows_gemm)(lo, hi, 0, RF_NGRP(c->n_in, c->uihq), 64, &ident, (const REAL *)c->dg_tb, c->G * c->H, c->G * c->H,
-                   (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
+    SFX(rows_gemm)(lo, hi, 0, RF_NGRP(c->n_in, c->uihq), 64, &ident, (const REAL *)c->dg_tb, c->G * c->H,
+                   c->G * c->H, (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
 }
 
 /* Weight gradient dW[m, :] (+)= sum_n A[n, m] * Bm[n, :] for the M rows m of dW, split between threads by

@@ -110,6 +110,14 @@ static RF_INLINE void rf_groups(const rf_split *sp, rf_index ngrp, rf_index *lo,
     }
 }
 
+/* Panel groups a step phase takes in one GEMM call from g on: one, or for a thread whose step has a
+ * single row (batch 1) up to RF_ROW1_MAXG (gemm_row1). */
+#define RF_ROW1_MAXG 4
+static RF_INLINE rf_index rf_step_groups(const rf_split *sp, rf_index g, rf_index g_hi) {
+    if (sp->r_hi - sp->r_lo != 1) return 1;
+    return g_hi - g < RF_ROW1_MAXG ? g_hi - g : RF_ROW1_MAXG;
+}
+
 static RF_INLINE void rf_sync(rf_split *sp) {
     if (!sp->batch) rf_barrier_wait(sp->barrier, sp->tid, sp->nt, &sp->epoch);
 }
