@@ -407,43 +407,43 @@ def _private(a, user, owners):
 
 def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, reverse, training, mode):
     user = (x, w_ih, w_hh, w_hr, w_peep)
-    dtype, T, B, I, H, K, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = _validate(
-        cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep)
-    reverse = _check_flag("reverse", reverse)
-    training = _check_flag("training", training)
-    lengths = _check_lengths(lengths, T, B)
     G = _GATES[cell]
+    sizes = None
+    if lengths is None and w_hr is None and w_peep is None and (reverse is False or reverse is True) \
+            and (training is False or training is True):
+        # the common call: arrays that need no conversion, checked in one compiled pass
+        sizes = _kernels.plain_sizes(G, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    if sizes is not None:
+        T, B, I, H = sizes
+        K, dtype = H, x.dtype
+    else:
+        dtype, T, B, I, H, K, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = _validate(
+            cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep)
+        reverse = _check_flag("reverse", reverse)
+        training = _check_flag("training", training)
+        lengths = _check_lengths(lengths, T, B)
     GH = G * H
     proj = w_hr is not None
     V = _kernels.lanes(dtype)
     after = cell == "gru" and mode == 1
 
-    h_n = np.zeros((B, K), dtype) if h0 is None else h0.copy()
-    c_n = None
-    if cell == "lstm":
-        c_n = np.zeros((B, H), dtype) if c0 is None else c0.copy()
     y = _new((T, B, K), dtype)
     bufs = {}
     wpacks = {}
     owners = []  # pooled arrays that `saved` will hold
-    if T and B:
+    if not (T and B):
+        h_n = np.zeros((B, K), dtype) if h0 is None else h0.copy()
+        c_n = (np.zeros((B, H), dtype) if c0 is None else c0.copy()) if cell == "lstm" else None
+    else:
+        # The kernel call seeds its state buffers from h0, c0 (or zeros), folds the biases into `bias`
+        # (0 + b_ih + b_hh; GRU reset_after keeps b_hn apart, since it sits inside r * (W_hn h + b_hn)) and
+        # writes the final state to h_n, c_n.
+        h_n = np.empty((B, K), dtype)
+        c_n = np.empty((B, H), dtype) if cell == "lstm" else None
         xw_steps = _xw_steps(T, B, GH, dtype.itemsize)
         xw = _scratch("xw", (xw_steps, B, GH), dtype)  # filled chunk by chunk inside the kernel's parallel region
         packs = []
         wih_pack, uih = _pack(packs, w_ih, 0, H * I, I, 1, G, H, I, dtype)
-        # Biases outside the nonlinearity are folded into one vector; GRU reset_after keeps b_hn apart,
-        # since it sits inside r * (W_hn h + b_hn).
-        bias = b_hn = None
-        if b_ih is not None or b_hh is not None:
-            bias = _new((GH,), dtype, fill=0)
-            if b_ih is not None:
-                bias += b_ih
-            if b_hh is not None:
-                if after:
-                    bias[:2 * H] += b_hh[:2 * H]
-                    b_hn = np.ascontiguousarray(b_hh[2 * H:])
-                else:
-                    bias += b_hh
         Gs = 2 if cell == "gru" and not after else G
         w_pack, ub = _pack(packs, w_hh, 0, H * K, K, 1, Gs, H, K, dtype)
         w2_pack, ub2 = None, 1
@@ -451,14 +451,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             w2_pack, ub2 = _pack(packs, w_hr, 0, 0, H, 1, 1, K, H, dtype)
         elif cell == "gru" and not after:
             w2_pack, ub2 = _pack(packs, w_hh, 2 * H * H, 0, H, 1, 1, H, H, dtype)
-        hbuf = _scratch("hbuf", (2, B, K), dtype)
-        hbuf[0] = h_n
-        cbuf = _scratch("cbuf", (B, _round_up(H, V)), dtype, fill=0)
-        if c_n is not None:
-            cbuf[:, :H] = c_n
-        a = dict(packs=packs, x=x, wih_pack=wih_pack, xw=xw, bias=bias, b_hn=b_hn, peep=w_peep, w_pack=w_pack, w2_pack=w2_pack, y=y,
-                 hbuf=hbuf, cbuf=cbuf, lengths=lengths,
-                 mbuf=_scratch("mbuf", (B, H), dtype, fill=0) if (proj or (cell == "gru" and not after)) else None)
+        a = dict(packs=packs, x=x, wih_pack=wih_pack, xw=xw, b_ih=b_ih, b_hh=b_hh, peep=w_peep, w_pack=w_pack,
+                 w2_pack=w2_pack, y=y, h0=h0, c0=c0, h_n=h_n, c_n=c_n, lengths=lengths,
+                 bias=None if b_ih is None and b_hh is None else _scratch("bias", (GH,), dtype),
+                 hbuf=_scratch("hbuf", (2, B, K), dtype), cbuf=_scratch("cbuf", (B, _round_up(H, V)), dtype),
+                 mbuf=_scratch("mbuf", (B, H), dtype) if (proj or (cell == "gru" and not after)) else None)
         if training:
             # The panels backward multiplies by, packed here from the caller's weights as they are now:
             # backward never reads the caller's weights again, and no copy of them is made.
@@ -476,9 +473,6 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
                      _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
                      split=_split(cell, B, H, K, training, False))
-        h_n = hbuf[T % 2].copy()
-        if c_n is not None:
-            c_n = cbuf[:, :H].copy()
     saved = None
     if training:
         saved = _Saved()

@@ -5,6 +5,7 @@ C-contiguous with the expected dtype and holds at least the elements the loops t
 can turn into an out-of-bounds access."""
 cimport numpy as cnp
 from libc.stdint cimport int64_t
+from libc.string cimport memcpy, memset
 
 cnp.import_array()
 
@@ -116,6 +117,55 @@ def align_offset(cnp.ndarray a, int align):
     return <rf_index>(((align - addr % align) % align) // cnp.PyArray_ITEMSIZE(a))
 
 
+cdef inline bint _plain(object a, int typenum, int ndim):
+    """a is an ndarray (not a subclass) of typenum, native byte order, C-contiguous, with ndim dimensions."""
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef inline bint _plain_shape(object a, int typenum, rf_index d0, rf_index d1):
+    """_plain with shape (d0,) (d1 < 0) or (d0, d1)."""
+    if not _plain(a, typenum, 1 if d1 < 0 else 2):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return cnp.PyArray_DIM(arr, 0) == d0 and (d1 < 0 or cnp.PyArray_DIM(arr, 1) == d1)
+
+
+def plain_sizes(rf_index G, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """(T, B, I, H) of a forward call (no projection) whose arrays need nothing done to them: every one an
+    ndarray of x's dtype (float32 or float64, native byte order), C-contiguous, of its expected shape, with
+    T * B > 0 and every (T, B, .) array addressable. None otherwise: rnnfast.ops then validates argument
+    by argument (and says what is wrong). The common call's validation, for ~1/10 of the cost."""
+    if type(x) is not cnp.ndarray:
+        return None
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return None
+    if not _plain(x, typenum, 3) or not _plain(w_hh, typenum, 2):
+        return None
+    cdef rf_index T = cnp.PyArray_DIM(<cnp.ndarray>x, 0), B = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    cdef rf_index I = cnp.PyArray_DIM(<cnp.ndarray>x, 2), H = cnp.PyArray_DIM(<cnp.ndarray>w_hh, 1)
+    if T < 1 or B < 1 or H < 1 or cnp.PyArray_DIM(<cnp.ndarray>w_hh, 0) != G * H:
+        return None
+    if not _plain_shape(w_ih, typenum, G * H, I):
+        return None
+    if b_ih is not None and not _plain_shape(b_ih, typenum, G * H, -1):
+        return None
+    if b_hh is not None and not _plain_shape(b_hh, typenum, G * H, -1):
+        return None
+    if h0 is not None and not _plain_shape(h0, typenum, B, H):
+        return None
+    if c0 is not None and not _plain_shape(c0, typenum, B, H):
+        return None
+    cdef rf_index lim = 0x7FFFFFFFFFFFFFFF, widest = max(G * H, max(I, 1)) * cnp.PyArray_ITEMSIZE(<cnp.ndarray>x)
+    if T > lim // B or T * B > lim // widest:
+        return None
+    return T, B, I, H
+
+
 def pack_size(rf_index Gs, rf_index N, rf_index K, rf_index ub, dtype):
     return rf_pack_size(Gs, N, K, ub, lanes(dtype))
 
@@ -159,30 +209,140 @@ cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:
     return 0
 
 
-def _check_sizes(dict a, rf_index T, rf_index B, rf_index I, rf_index H, rf_index K, int G, rf_index V,
-                 rf_index xw_steps):
-    """Every array the loops index must hold at least the elements they touch (sizes are 64-bit)."""
+# The operands run() accepts: the rf_ctx pointer fields, plus b_ih / b_hh (a forward folds them into
+# `bias`) and h0 / c0 / h_n / c_n (a forward seeds its state buffers from h0, c0, or zeros, and writes the
+# final state to h_n, c_n), so that rnnfast.ops makes none of these small arrays itself.
+_FIELDS = ("lengths", "x", "wih_pack", "xw", "bias", "b_hn", "peep", "w_pack", "w2_pack", "h0", "c0", "y",
+           "h_n", "c_n", "gates_tb", "c_tb", "cprev_tb", "hprev_tb", "m_tb", "dy", "dh_n", "dc_n", "wq_pack",
+           "wq2_pack", "dg_tb", "dgh_tb", "dhp_tb", "dh0", "dx", "wihq_pack", "xp_pack", "hp_pack", "mp_pack",
+           "dw_ih", "dw_hh", "dw_hr", "dc0", "hbuf", "cbuf", "mbuf", "zero", "b_ih", "b_hh")
+_FIELD_ID = {name: i for i, name in enumerate(_FIELDS)}
+DEF NF = 43
+cdef enum:
+    F_LENGTHS
+    F_X
+    F_WIH_PACK
+    F_XW
+    F_BIAS
+    F_B_HN
+    F_PEEP
+    F_W_PACK
+    F_W2_PACK
+    F_H0
+    F_C0
+    F_Y
+    F_H_N
+    F_C_N
+    F_GATES_TB
+    F_C_TB
+    F_CPREV_TB
+    F_HPREV_TB
+    F_M_TB
+    F_DY
+    F_DH_N
+    F_DC_N
+    F_WQ_PACK
+    F_WQ2_PACK
+    F_DG_TB
+    F_DGH_TB
+    F_DHP_TB
+    F_DH0
+    F_DX
+    F_WIHQ_PACK
+    F_XP_PACK
+    F_HP_PACK
+    F_MP_PACK
+    F_DW_IH
+    F_DW_HH
+    F_DW_HR
+    F_DC0
+    F_HBUF
+    F_CBUF
+    F_MBUF
+    F_ZERO
+    F_B_IH
+    F_B_HH
+assert len(_FIELDS) == NF
+
+
+cdef void _needs(rf_index *need, rf_index T, rf_index B, rf_index I, rf_index H, rf_index K, rf_index G,
+                 rf_index V, rf_index xw_steps) noexcept:
+    """The elements the loops touch in each operand (0: checked elsewhere, the panels by _fill_pack)."""
     cdef rf_index GH = G * H, TB = T * B, Hp = (H + V - 1) // V * V
-    need = {"lengths": B, "x": TB * I, "xw": xw_steps * B * GH, "bias": GH, "b_hn": H, "peep": 3 * H, "y": TB * K,
-            "gates_tb": TB * GH, "c_tb": TB * H, "cprev_tb": TB * H, "hprev_tb": TB * K, "m_tb": TB * H,
-            "dy": TB * K, "dh_n": B * K, "dc_n": B * H, "dg_tb": TB * GH, "dgh_tb": TB * GH, "dhp_tb": TB * K,
-            "dh0": B * K, "dx": TB * I, "dw_ih": GH * I, "dw_hh": GH * K, "dw_hr": K * H, "hbuf": 2 * B * K,
-            "cbuf": B * Hp, "mbuf": B * H, "zero": max(GH, K, H) + V}
-    for name, n in need.items():
-        arr = a.get(name)
-        if arr is not None and cnp.PyArray_SIZE(<cnp.ndarray>arr) < n:
-            raise ValueError(f"internal: {name} holds {cnp.PyArray_SIZE(<cnp.ndarray>arr)} elements, "
-                             f"the loop touches {n}")
+    cdef int i
+    for i in range(NF):
+        need[i] = 0
+    need[F_LENGTHS] = B; need[F_X] = TB * I; need[F_XW] = xw_steps * B * GH; need[F_BIAS] = GH
+    need[F_B_HN] = H; need[F_PEEP] = 3 * H; need[F_Y] = TB * K; need[F_H0] = B * K; need[F_C0] = B * H
+    need[F_H_N] = B * K; need[F_C_N] = B * H; need[F_GATES_TB] = TB * GH; need[F_C_TB] = TB * H
+    need[F_CPREV_TB] = TB * H; need[F_HPREV_TB] = TB * K; need[F_M_TB] = TB * H; need[F_DY] = TB * K
+    need[F_DH_N] = B * K; need[F_DC_N] = B * H; need[F_DG_TB] = TB * GH; need[F_DGH_TB] = TB * GH
+    need[F_DHP_TB] = TB * K; need[F_DH0] = B * K; need[F_DX] = TB * I; need[F_DW_IH] = GH * I
+    need[F_DW_HH] = GH * K; need[F_DW_HR] = K * H; need[F_HBUF] = 2 * B * K; need[F_CBUF] = B * Hp
+    need[F_MBUF] = B * H; need[F_ZERO] = max(GH, max(K, H)) + V; need[F_B_IH] = GH; need[F_B_HH] = GH
+
+
+# A forward's set-up and wind-up around the time loop, in C: the biases folded (0 + b_ih + b_hh in this
+# order, as numpy would add them), the state buffers seeded, the final state copied out.
+ctypedef fused real:
+    float
+    double
+
+
+cdef void _fold_bias(real *bias, const real *b_ih, const real *b_hh, rf_index n, rf_index n_hh) noexcept nogil:
+    """bias = 0 + b_ih + b_hh[:n_hh] (absent terms skipped)."""
+    cdef rf_index j
+    cdef real v
+    for j in range(n):
+        v = 0
+        if b_ih != NULL:
+            v = v + b_ih[j]
+        if b_hh != NULL and j < n_hh:
+            v = v + b_hh[j]
+        bias[j] = v
+
+
+cdef void _seed(real *hbuf, const real *h0, real *cbuf, const real *c0, real *mbuf, rf_index B, rf_index K,
+                rf_index H, rf_index Hp) noexcept nogil:
+    """hbuf[0] = h0 (or zeros); cbuf rows (padded to Hp) = c0 rows (or zeros); mbuf = zeros."""
+    cdef rf_index b
+    if h0 != NULL:
+        memcpy(hbuf, h0, B * K * sizeof(real))
+    else:
+        memset(hbuf, 0, B * K * sizeof(real))
+    if cbuf != NULL:
+        memset(cbuf, 0, B * Hp * sizeof(real))
+        if c0 != NULL:
+            for b in range(B):
+                memcpy(cbuf + b * Hp, c0 + b * H, H * sizeof(real))
+    if mbuf != NULL:
+        memset(mbuf, 0, B * H * sizeof(real))
+
+
+cdef void _wind_up(const real *hlast, real *h_n, const real *cbuf, real *c_n, rf_index B, rf_index K,
+                   rf_index H, rf_index Hp) noexcept nogil:
+    cdef rf_index b
+    if h_n != NULL:
+        memcpy(h_n, hlast, B * K * sizeof(real))
+    if c_n != NULL and cbuf != NULL:
+        for b in range(B):
+            memcpy(c_n + b * H, cbuf + b * Hp, H * sizeof(real))
 
 
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
         rf_index xw_steps=0, int split=0):
-    """Run one time loop. `a` maps the rf_ctx pointer field names to arrays (or None); every array must
-    already have its documented shape (rnnfast/ops.py guarantees it)."""
+    """Run one time loop. `a` maps operand names (_FIELDS: the rf_ctx pointer fields, b_ih / b_hh, h0 / c0 /
+    h_n / c_n) to arrays (or None), plus "packs"; every array must already have its documented shape
+    (rnnfast/ops.py guarantees it)."""
     cdef rf_ctx c
     cdef int typenum = cnp.NPY_FLOAT32 if cnp.dtype(dtype).itemsize == 4 else cnp.NPY_FLOAT64
+    cdef void *ptr[NF]
+    cdef rf_index need[NF]
+    cdef rf_index V = rf_lanes_f32() if typenum == cnp.NPY_FLOAT32 else rf_lanes_f64()
+    cdef rf_index Hp = (H + V - 1) // V * V
+    cdef int i
     c.T = T; c.B = B; c.n_in = I; c.H = H; c.K = K; c.G = G
     c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
     c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2; c.uih = uih; c.uihq = uihq
@@ -195,55 +355,40 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     if split not in (0, 1, 2):
         raise ValueError(f"internal: split {split} is not 0, 1 or 2")
     c.split = split
-    _check_sizes(a, T, B, I, H, K, G, lanes(dtype), xw_steps)
-    packs = a.get("packs", ())
+    # every array the loops index must hold at least the elements they touch (sizes are 64-bit)
+    _needs(need, T, B, I, H, K, G, V, xw_steps)
+    memset(ptr, 0, sizeof(ptr))
+    packs = ()
+    for name, arr in a.items():
+        if name == "packs":
+            packs = arr
+            continue
+        if arr is None:
+            continue
+        fid = _FIELD_ID.get(name)
+        if fid is None:
+            raise ValueError(f"internal: unknown operand {name!r}")
+        i = fid
+        ptr[i] = _ptr(arr, cnp.NPY_INT64 if i == F_LENGTHS else typenum, name)
+        if cnp.PyArray_SIZE(<cnp.ndarray>arr) < need[i]:
+            raise ValueError(f"internal: {name} holds {cnp.PyArray_SIZE(<cnp.ndarray>arr)} elements, "
+                             f"the loop touches {need[i]}")
     if len(packs) > RF_MAX_PACKS:
         raise ValueError("internal: too many operands to pack")
     c.n_packs = len(packs)
     for i, spec in enumerate(packs):
         _fill_pack(&c.packs[i], spec, typenum)
-    lengths = a.get("lengths")
-    c.lengths = <const int64_t *>_ptr(lengths, cnp.NPY_INT64, "lengths")
-    c.x = _ptr(a.get("x"), typenum, "x")
-    c.wih_pack = _ptr(a.get("wih_pack"), typenum, "wih_pack")
-    c.xw = _ptr(a.get("xw"), typenum, "xw")
-    c.bias = _ptr(a.get("bias"), typenum, "bias")
-    c.b_hn = _ptr(a.get("b_hn"), typenum, "b_hn")
-    c.peep = _ptr(a.get("peep"), typenum, "peep")
-    c.w_pack = _ptr(a.get("w_pack"), typenum, "w_pack")
-    c.w2_pack = _ptr(a.get("w2_pack"), typenum, "w2_pack")
-    c.h0 = _ptr(a.get("h0"), typenum, "h0")
-    c.c0 = _ptr(a.get("c0"), typenum, "c0")
-    c.y = _ptr(a.get("y"), typenum, "y")
-    c.h_n = _ptr(a.get("h_n"), typenum, "h_n")
-    c.c_n = _ptr(a.get("c_n"), typenum, "c_n")
-    c.gates_tb = _ptr(a.get("gates_tb"), typenum, "gates_tb")
-    c.c_tb = _ptr(a.get("c_tb"), typenum, "c_tb")
-    c.cprev_tb = _ptr(a.get("cprev_tb"), typenum, "cprev_tb")
-    c.hprev_tb = _ptr(a.get("hprev_tb"), typenum, "hprev_tb")
-    c.m_tb = _ptr(a.get("m_tb"), typenum, "m_tb")
-    c.dy = _ptr(a.get("dy"), typenum, "dy")
-    c.dh_n = _ptr(a.get("dh_n"), typenum, "dh_n")
-    c.dc_n = _ptr(a.get("dc_n"), typenum, "dc_n")
-    c.wq_pack = _ptr(a.get("wq_pack"), typenum, "wq_pack")
-    c.wq2_pack = _ptr(a.get("wq2_pack"), typenum, "wq2_pack")
-    c.dg_tb = _ptr(a.get("dg_tb"), typenum, "dg_tb")
-    c.dgh_tb = _ptr(a.get("dgh_tb"), typenum, "dgh_tb")
-    c.dhp_tb = _ptr(a.get("dhp_tb"), typenum, "dhp_tb")
-    c.dh0 = _ptr(a.get("dh0"), typenum, "dh0")
-    c.dx = _ptr(a.get("dx"), typenum, "dx")
-    c.wihq_pack = _ptr(a.get("wihq_pack"), typenum, "wihq_pack")
-    c.xp_pack = _ptr(a.get("xp_pack"), typenum, "xp_pack")
-    c.hp_pack = _ptr(a.get("hp_pack"), typenum, "hp_pack")
-    c.mp_pack = _ptr(a.get("mp_pack"), typenum, "mp_pack")
-    c.dw_ih = _ptr(a.get("dw_ih"), typenum, "dw_ih")
-    c.dw_hh = _ptr(a.get("dw_hh"), typenum, "dw_hh")
-    c.dw_hr = _ptr(a.get("dw_hr"), typenum, "dw_hr")
-    c.dc0 = _ptr(a.get("dc0"), typenum, "dc0")
-    c.hbuf = _ptr(a.get("hbuf"), typenum, "hbuf")
-    c.cbuf = _ptr(a.get("cbuf"), typenum, "cbuf")
-    c.mbuf = _ptr(a.get("mbuf"), typenum, "mbuf")
-    c.zero = _ptr(a.get("zero"), typenum, "zero")
+    c.lengths = <const int64_t *>ptr[F_LENGTHS]
+    c.x = ptr[F_X]; c.wih_pack = ptr[F_WIH_PACK]; c.xw = ptr[F_XW]; c.bias = ptr[F_BIAS]; c.b_hn = ptr[F_B_HN]
+    c.peep = ptr[F_PEEP]; c.w_pack = ptr[F_W_PACK]; c.w2_pack = ptr[F_W2_PACK]; c.h0 = ptr[F_H0]
+    c.c0 = ptr[F_C0]; c.y = ptr[F_Y]; c.h_n = ptr[F_H_N]; c.c_n = ptr[F_C_N]; c.gates_tb = ptr[F_GATES_TB]
+    c.c_tb = ptr[F_C_TB]; c.cprev_tb = ptr[F_CPREV_TB]; c.hprev_tb = ptr[F_HPREV_TB]; c.m_tb = ptr[F_M_TB]
+    c.dy = ptr[F_DY]; c.dh_n = ptr[F_DH_N]; c.dc_n = ptr[F_DC_N]; c.wq_pack = ptr[F_WQ_PACK]
+    c.wq2_pack = ptr[F_WQ2_PACK]; c.dg_tb = ptr[F_DG_TB]; c.dgh_tb = ptr[F_DGH_TB]; c.dhp_tb = ptr[F_DHP_TB]
+    c.dh0 = ptr[F_DH0]; c.dx = ptr[F_DX]; c.wihq_pack = ptr[F_WIHQ_PACK]; c.xp_pack = ptr[F_XP_PACK]
+    c.hp_pack = ptr[F_HP_PACK]; c.mp_pack = ptr[F_MP_PACK]; c.dw_ih = ptr[F_DW_IH]; c.dw_hh = ptr[F_DW_HH]
+    c.dw_hr = ptr[F_DW_HR]; c.dc0 = ptr[F_DC0]; c.hbuf = ptr[F_HBUF]; c.cbuf = ptr[F_CBUF]
+    c.mbuf = ptr[F_MBUF]; c.zero = ptr[F_ZERO]
     cdef loop_fn fn
     cdef bint f32 = typenum == cnp.NPY_FLOAT32
     if cell == "rnn":
@@ -263,5 +408,30 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
             fn = rf_gru_forward_f32 if f32 else rf_gru_forward_f64
     else:
         raise ValueError(f"internal: unknown cell {cell!r}")
+    cdef bint after = cell == "gru" and mode == 1
+    cdef rf_index n_hh = 2 * H if after else G * H
+    if not backward and ptr[F_HBUF] == NULL:
+        raise ValueError("internal: a forward needs hbuf")
+    if not backward and ptr[F_B_HH] != NULL and after:
+        c.b_hn = <char *>ptr[F_B_HH] + 2 * H * cnp.PyArray_ITEMSIZE(<cnp.ndarray>a["b_hh"])
     with nogil:
+        if not backward:
+            if f32:
+                if c.bias != NULL:
+                    _fold_bias(<float *>c.bias, <const float *>ptr[F_B_IH], <const float *>ptr[F_B_HH], G * H, n_hh)
+                _seed(<float *>c.hbuf, <const float *>c.h0, <float *>c.cbuf, <const float *>c.c0,
+                      <float *>c.mbuf, B, K, H, Hp)
+            else:
+                if c.bias != NULL:
+                    _fold_bias(<double *>c.bias, <const double *>ptr[F_B_IH], <const double *>ptr[F_B_HH], G * H,
+                               n_hh)
+                _seed(<double *>c.hbuf, <const double *>c.h0, <double *>c.cbuf, <const double *>c.c0,
+                      <double *>c.mbuf, B, K, H, Hp)
         fn(&c)
+        if not backward:
+            if f32:
+                _wind_up(<const float *>c.hbuf + (T % 2) * B * K, <float *>c.h_n, <const float *>c.cbuf,
+                         <float *>c.c_n, B, K, H, Hp)
+            else:
+                _wind_up(<const double *>c.hbuf + (T % 2) * B * K, <double *>c.h_n, <const double *>c.cbuf,
+                         <double *>c.c_n, B, K, H, Hp)

@@ -22,7 +22,8 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_spli
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -100,7 +101,8 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -168,7 +170,8 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, Kq, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, Kq, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -231,7 +234,8 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;

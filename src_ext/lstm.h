@@ -21,7 +21,8 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -102,7 +103,8 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -197,7 +199,8 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, GH, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, GH, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -241,7 +244,8 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;

@@ -17,7 +17,8 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -82,7 +83,8 @@ static RF_INLINE void SFX(rnn_bwd_step)(const rf_ctx *c, rf_index s, const rf_sp
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
-                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out);
+                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
+                                RF_STEP_AHEAD(g_lo, g_hi));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
