@@ -245,23 +245,25 @@ static RF_INLINE void SFX(transpose)(VEC r[V]) {
     }
 }
 
-/* A blocked transpose: 16 k at a time, so that whichever of s_j, s_k is the unit stride, the reads walk
- * along cache lines and the 16 x V tile being written stays in L1. */
+/* Panels of groups g_lo..g_hi. Units along the source's rows (s_k == 1, the forward's weights): a blocked
+ * transpose, 16 k at a time, V row loads, an in-register transpose and V row stores per V x V block, so
+ * the reads walk along cache lines and the tile being written stays in L1. Units along its columns
+ * (backward's weights, x, the saved states): row by row, each row read from start to end while every
+ * group takes its V units from it (a column walk per group read each line from a new page: GRU wide's
+ * training forward -5%). */
 static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k, rf_index Gs,
                                        rf_index N, rf_index K, rf_index ub, rf_index g_lo, rf_index g_hi,
                                        REAL *dst, const int64_t *row_len, rf_index row_B) {
     const rf_index NV = Gs * ub, KB = 16;
-    for (rf_index grp = g_lo; grp < g_hi; grp++)
-        for (rf_index sb = 0; sb < ub; sb++)
-            for (rf_index g = 0; g < Gs; g++) {
-                const rf_index j0 = (grp * ub + sb) * V;
-                const int nl = (int)(j0 >= N ? 0 : (N - j0 < V ? N - j0 : V));
-                REAL *d0 = dst + (grp * K * NV + sb * Gs + g) * V;
-                for (rf_index k0 = 0; k0 < K; k0 += KB) {
-                    const rf_index kn = K - k0 < KB ? K - k0 : KB;
-                    if (s_k == 1 && !row_len) {
-                        /* full V x V blocks: V row loads, an in-register transpose, V row stores; the
-                         * rest (a tail of units or of k) lane by lane */
+    if (s_k == 1 && !row_len) {
+        for (rf_index grp = g_lo; grp < g_hi; grp++)
+            for (rf_index sb = 0; sb < ub; sb++)
+                for (rf_index g = 0; g < Gs; g++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    const int nl = (int)(j0 >= N ? 0 : (N - j0 < V ? N - j0 : V));
+                    REAL *d0 = dst + (grp * K * NV + sb * Gs + g) * V;
+                    for (rf_index k0 = 0; k0 < K; k0 += KB) {
+                        const rf_index kn = K - k0 < KB ? K - k0 : KB;
                         rf_index kb = 0;
                         for (; nl == V && kb + V <= kn; kb += V) {
                             VEC r[V];
@@ -270,27 +272,34 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
                             SFX(transpose)(r);
                             for (int q = 0; q < V; q++) SFX(vstore)(d0 + (k0 + kb + q) * NV * V, r[q]);
                         }
+                        if (kb == kn) continue;
+                        /* a tail of units or of k: lane by lane */
                         for (int lane = 0; lane < V; lane++) {
                             const REAL *sp = src + g * s_g + (j0 + lane) * s_j + k0;
                             for (rf_index kk = kb; kk < kn; kk++)
                                 d0[(k0 + kk) * NV * V + lane] = lane < nl ? sp[kk] : (REAL)0;
                         }
-                    } else {
-                        for (rf_index kk = 0; kk < kn; kk++) {
-                            const rf_index k = k0 + kk;
-                            const REAL *sp = src + g * s_g + j0 * s_j + k * s_k;
-                            REAL *dp = d0 + k * NV * V;
-                            const int live = !row_len || k / row_B < row_len[k % row_B];
-                            if (s_j == 1) {
-                                SFX(vstore)(dp, live ? SFX(vload_n)(sp, nl) : SFX(vsplat)(0));
-                                continue;
-                            }
-                            for (int lane = 0; lane < V; lane++)
-                                dp[lane] = live && lane < nl ? sp[lane * s_j] : (REAL)0;
-                        }
                     }
                 }
-            }
+        return;
+    }
+    for (rf_index k = 0; k < K; k++) {
+        const int live = !row_len || k / row_B < row_len[k % row_B];
+        for (rf_index grp = g_lo; grp < g_hi; grp++)
+            for (rf_index sb = 0; sb < ub; sb++)
+                for (rf_index g = 0; g < Gs; g++) {
+                    const rf_index j0 = (grp * ub + sb) * V;
+                    const int nl = (int)(j0 >= N ? 0 : (N - j0 < V ? N - j0 : V));
+                    const REAL *sp = src + g * s_g + j0 * s_j + k * s_k;
+                    REAL *dp = dst + (grp * K * NV + sb * Gs + g) * V + k * NV * V;
+                    if (s_j == 1) {
+                        SFX(vstore)(dp, live ? SFX(vload_n)(sp, nl) : SFX(vsplat)(0));
+                        continue;
+                    }
+                    for (int lane = 0; lane < V; lane++)
+                        dp[lane] = live && lane < nl ? sp[lane * s_j] : (REAL)0;
+                }
+    }
 }
 
 static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_index K, const REAL *panel,
@@ -298,14 +307,26 @@ static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_ind
     SFX(gemm_tile_x)(R, NV, A, 1, K, panel, 0, out, NULL, 0);
 }
 
+/* When a thread's panels (groups g_lo..g_hi, gsize elements each) are beyond what its L2 keeps, tile
+ * tile_i of the tile_n row tiles that use group g0 also fetches its share of the thread's next group into
+ * L2 (the first group after the last: the next step's, or the next row block's): returns where, with
+ * *n the lines to fetch (NULL and 0 otherwise). Fetched on first use, each group's first tile waited on the
+ * L3 or memory for the whole panel; within L2 the extra requests only cost (measured 1 thread, K = 512:
+ * 32 groups 75% -> 82% of the FMA peak, 8 groups 86% -> 83%). */
+#define RF_L2_KEEPS_BYTES (1 << 20)
+static RF_INLINE const char *SFX(ahead)(const REAL *panel, rf_index gsize, rf_index g0, rf_index g_lo,
+                                        rf_index g_hi, rf_index tile_i, rf_index tile_n, rf_index *n) {
+    *n = 0;
+    if ((g_hi - g_lo) * gsize * (rf_index)sizeof(REAL) <= RF_L2_KEEPS_BYTES) return NULL;
+    const rf_index lines = gsize * (rf_index)sizeof(REAL) / 64, g_next = g0 + 1 < g_hi ? g0 + 1 : g_lo;
+    const rf_index lo = lines * tile_i / tile_n, hi = lines * (tile_i + 1) / tile_n;
+    *n = hi - lo;
+    return (const char *)(panel + g_next * gsize) + lo * 64;
+}
+
 /* The GEMM of a step phase for groups g0..g0+m-1 (m > 1 only for a single row, see gemm_row1) of the
- * panels starting at `panel`, K rows each. Row i of group g0+q lands at out + (q + i) * NV * V.
- * When the thread's panels (groups g_lo..g_hi) are beyond what its L2 keeps, tile tile_i of the tile_n row
- * tiles that use group g0 also fetches its share of the thread's next group into L2 (the first group
- * after the last: the next step's). Fetched on first use, each group's first tile waited on the L3 or
- * memory for the whole panel; within L2 the extra requests only cost (measured 1 thread, K = 512: 32
- * groups 75% -> 82% of the FMA peak, 8 groups 86% -> 83%). */
-#define RF_STEP_L2_BYTES (1 << 20)
+ * panels starting at `panel`, K rows each. Row i of group g0+q lands at out + (q + i) * NV * V. Row tile
+ * tile_i of tile_n fetches its share of the next group ahead (see above). */
 static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A, rf_index K, const REAL *panel,
                                      rf_index g0, REAL *out, rf_index g_lo, rf_index g_hi, rf_index tile_i,
                                      rf_index tile_n) {
@@ -314,15 +335,9 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
         SFX(gemm_row1)(m, NV, A[0], K, panel + g0 * gsize, gsize, out);
         return;
     }
-    const char *pf = NULL;
-    rf_index lo = 0, hi = 0;
-    if ((g_hi - g_lo) * gsize * (rf_index)sizeof(REAL) > RF_STEP_L2_BYTES) {
-        const rf_index lines = gsize * (rf_index)sizeof(REAL) / 64, g_next = g0 + 1 < g_hi ? g0 + 1 : g_lo;
-        lo = lines * tile_i / tile_n;
-        hi = lines * (tile_i + 1) / tile_n;
-        pf = (const char *)(panel + g_next * gsize) + lo * 64;
-    }
-    SFX(gemm_tile_x)(nr, NV, A, 1, K, panel + g0 * gsize, 0, out, pf, hi - lo);
+    rf_index pf_n;
+    const char *pf = SFX(ahead)(panel, gsize, g0, g_lo, g_hi, tile_i, tile_n, &pf_n);
+    SFX(gemm_tile_x)(nr, NV, A, 1, K, panel + g0 * gsize, 0, out, pf, pf_n);
 }
 
 /* The arguments of step_gemm after `out`, inside RF_STEP_TILES: the thread's groups, this tile's index and
@@ -403,8 +418,10 @@ static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo
             RF_TILE_ROWS(b_lo, b_hi, NV, r0, nr) {
                 const REAL *Ar[8];
                 REAL *Or[8];
+                rf_index pf_n;
                 for (int i = 0; i < nr; i++) SFX(map_row)(map, r0 + i, A, lda, out, ldo, &Ar[i], &Or[i]);
-                SFX(gemm_tile)(nr, NV, Ar, K, panel + grp * K * NV * V, tile);
+                SFX(gemm_tile_x)(nr, NV, Ar, 1, K, panel + grp * K * NV * V, 0, tile,
+                                 SFX(ahead)(panel, K * NV * V, grp, g_lo, g_hi, rt_i_, rt_c_, &pf_n), pf_n);
                 for (int i = 0; i < nr; i++)
                     for (int sb = 0; sb < ub; sb++) {
                         const rf_index j0 = (grp * ub + sb) * V;
