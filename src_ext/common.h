@@ -472,6 +472,64 @@ static RF_INLINE void SFX(project_chunk)(const rf_ctx *c, rf_split *sp, rf_index
     rf_sync(sp);
 }
 
+/* Forward, hidden split, when the whole projection fits one chunk and the thread's share of the w_ih panels
+ * stays in its L2 (small batch, small H: the steps are short and the per-step barrier is a large part of
+ * them): the projection runs in the barrier's shadow instead of up front. A thread that has arrived at
+ * the step's barrier projects tiles (RF_RMAX rows of one of its panel groups) until the other threads
+ * have arrived, and before a step only what that step still lacks. Each thread projects its own groups,
+ * which only it reads (`own`: the step phases' panel groups are the projection's, the same units), so the
+ * order of the tiles needs no synchronisation; each element is the same FMA chain over k whatever the
+ * tile, so the bits do not depend on it either. */
+typedef struct {
+    rf_index next, end, g, g_lo, g_hi; /* rows < next done for every group; group g next for the block */
+    int R, on;
+} SFX(xwq);
+
+static RF_INLINE void SFX(xwq_init)(const rf_ctx *c, const rf_split *sp, int own, SFX(xwq) *q) {
+    q->on = 0;
+    if (!own || sp->batch || sp->nt < 2 || c->xw_steps < c->T) return;
+    /* the same decision in every thread (project_chunk has a barrier that the shadow has not) */
+    const rf_index ngrp = RF_NGRP(c->H, c->uih), NV = c->G * c->uih, most = (ngrp + sp->nt - 1) / sp->nt;
+    if (most * c->n_in * NV * V * (rf_index)sizeof(REAL) > RF_L2_KEEPS_BYTES) return;
+    rf_share(sp, ngrp, &q->g_lo, &q->g_hi);
+    q->on = 1;
+    q->end = c->T * c->B;
+    q->next = q->g_hi > q->g_lo ? 0 : q->end; /* a thread without groups has nothing to project */
+    q->g = q->g_lo;
+    q->R = RF_RMAX(NV);
+}
+
+static RF_INLINE void SFX(xwq_tile)(const rf_ctx *c, SFX(xwq) *q) {
+    const rf_index hi = q->end - q->next < q->R ? q->end : q->next + q->R;
+    const SFX(rowmap) map = {c, 0, 0, c->B};
+    SFX(rows_gemm)(q->next, hi, q->g, q->g + 1, hi - q->next, &map, (const REAL *)c->x, c->n_in, c->n_in,
+                   (const REAL *)c->wih_pack, (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+    if (++q->g == q->g_hi) {
+        q->g = q->g_lo;
+        q->next = hi;
+    }
+}
+
+/* Before loop step s: its xw rows (up front per chunk, or what the shadow has not done yet). */
+static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s) {
+    if (!q->on) {
+        SFX(project_chunk)(c, sp, s);
+        return;
+    }
+    while (q->next < (s + 1) * c->B) SFX(xwq_tile)(c, q);
+}
+
+/* The end of a step phase: rf_sync, with projection tiles while the other threads are still on their way. */
+static RF_INLINE void SFX(step_sync)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q) {
+    if (!q->on) {
+        rf_sync(sp);
+        return;
+    }
+    const unsigned e = rf_barrier_arrive(sp->barrier, sp->tid, sp->nt, &sp->epoch);
+    while (q->next < q->end && !rf_barrier_arrived(sp->barrier, sp->tid, e)) SFX(xwq_tile)(c, q);
+    rf_barrier_finish(sp->barrier, sp->tid, sp->nt, e);
+}
+
 /* The xw rows (B, G*H) of loop step s. */
 static RF_INLINE const REAL *SFX(xw_step)(const rf_ctx *c, rf_index s) {
     return (const REAL *)c->xw + (s % c->xw_steps) * c->B * c->G * c->H;

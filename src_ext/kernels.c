@@ -43,13 +43,24 @@ typedef struct {
 
 #define RF_SPINS_BEFORE_YIELD 4000
 
-static inline void rf_barrier_wait(rf_barrier *b, int tid, int nt, unsigned *epoch) {
+/* A barrier in two halves, so that a thread can do work that needs nobody in between: arrive signals the
+ * first round and returns the barrier's count; arrived tells whether the first round's signal is in;
+ * finish waits for it and runs the remaining rounds. */
+static inline unsigned rf_barrier_arrive(rf_barrier *b, int tid, int nt, unsigned *epoch) {
     const unsigned e = ++*epoch;
+    __atomic_store_n(&b->flags[((tid + 1) % nt) * RF_BAR_ROUNDS].epoch, e, __ATOMIC_RELEASE);
+    return e;
+}
+
+static inline int rf_barrier_arrived(const rf_barrier *b, int tid, unsigned e) {
+    /* the writer may already be one barrier ahead: compare in wrapping arithmetic */
+    return (int)(__atomic_load_n(&b->flags[tid * RF_BAR_ROUNDS].epoch, __ATOMIC_ACQUIRE) - e) >= 0;
+}
+
+static inline void rf_barrier_finish(rf_barrier *b, int tid, int nt, unsigned e) {
     for (int r = 0, d = 1; d < nt; r++, d *= 2) {
-        const int to = (tid + d) % nt;
-        __atomic_store_n(&b->flags[to * RF_BAR_ROUNDS + r].epoch, e, __ATOMIC_RELEASE);
+        if (r > 0) __atomic_store_n(&b->flags[((tid + d) % nt) * RF_BAR_ROUNDS + r].epoch, e, __ATOMIC_RELEASE);
         const unsigned *mine = &b->flags[tid * RF_BAR_ROUNDS + r].epoch;
-        /* the writer may already be one barrier ahead: compare in wrapping arithmetic */
         for (int spins = 0; (int)(__atomic_load_n(mine, __ATOMIC_ACQUIRE) - e) < 0;) {
             if (spins < RF_SPINS_BEFORE_YIELD) {
                 spins++;
@@ -61,6 +72,10 @@ static inline void rf_barrier_wait(rf_barrier *b, int tid, int nt, unsigned *epo
             }
         }
     }
+}
+
+static inline void rf_barrier_wait(rf_barrier *b, int tid, int nt, unsigned *epoch) {
+    rf_barrier_finish(b, tid, nt, rf_barrier_arrive(b, tid, nt, epoch));
 }
 
 typedef struct {

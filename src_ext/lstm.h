@@ -133,13 +133,15 @@ RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier
     rf_split sp;
     rf_split_init(&sp, c, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
+    SFX(xwq) q;
+    SFX(xwq_init)(c, &sp, c->ub == c->uih, &q); /* the gate phase reads its own groups' xw */
     for (rf_index s = 0; s < c->T; s++) {
-        SFX(project_chunk)(c, &sp, s);
+        SFX(project_for)(c, &sp, &q, s);
         SFX(lstm_fwd_gates)(c, s, &sp);
-        rf_sync(&sp);
+        SFX(step_sync)(c, &sp, &q);
         if (c->proj) {
             SFX(lstm_fwd_proj)(c, s, &sp);
-            rf_sync(&sp);
+            SFX(step_sync)(c, &sp, &q);
         }
     }
 }

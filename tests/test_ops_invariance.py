@@ -95,6 +95,29 @@ def test_more_threads_than_cpus_change_no_bit(rng, monkeypatch, case, B):
         assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths), expected, f"{n} threads vs 1")
 
 
+# The input projection in the barrier's shadow (hidden split, the whole sequence in one chunk, a small
+# w_ih share): a thread that waits at a step's barrier projects tiles of 6-8 rows of one of its panel
+# groups, as many as the wait allows, so the tiles run in an order that differs from run to run and from
+# thread count to thread count. T = 37 gives several blocks of rows; reverse, lengths and 2-5 threads (3
+# and 5 leave some threads without a group of the w_hn phase) must all give the bits of 1 thread.
+@pytest.mark.parametrize("B", [1, 2])
+@pytest.mark.parametrize("case", CASES)
+def test_projection_in_the_barrier_shadow_changes_no_bit(rng, monkeypatch, case, B):
+    T = 37
+    cell, a, kw = make_problem(rng, case, T, B, 5, 72, 71, dtype=np.float32)
+    lengths = np.full(B, T)
+    lengths[-1] = T - 5
+    reverse = B == 2
+    out, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
+    d = d_outputs_for(rng, out)
+    expected = run(cell, a, kw, d, threads=1, lengths=lengths, reverse=reverse)
+    monkeypatch.setattr(ops, "_cpus", lambda: 64)
+    monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
+    for n in (2, 3, 5):
+        assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths, reverse=reverse), expected,
+                         f"{n} threads vs 1")
+
+
 def _fortran(v):
     return np.asfortranarray(v)
 
