@@ -189,9 +189,13 @@ _INTP_MAX = int(np.iinfo(np.intp).max)
 def _scratch(name, shape, dtype, fill=None):
     """An array of `shape` for use within one call only, reusing this thread's buffer called `name` (kept
     as its aligned view: a call only slices it)."""
-    dtype = np.dtype(dtype)
+    if not isinstance(dtype, np.dtype):
+        dtype = np.dtype(dtype)
     n = math.prod(shape)
-    pool = _scratch_tls.__dict__.setdefault("pool", {})
+    try:
+        pool = _scratch_tls.pool
+    except AttributeError:
+        pool = _scratch_tls.pool = {}
     key = (name, dtype.char)
     buf = pool.get(key)
     if buf is None or buf.size < n:
