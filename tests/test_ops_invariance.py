@@ -75,6 +75,22 @@ def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
 
 # ------------------------------------------------------------------------------------ layouts
 
+def _oversubscribed_runs_give_the_bits_of_one(rng, monkeypatch, case, T, B, short, reverse, counts):
+    """Every thread count in `counts` (the caps lifted: ops._cpus and the minimum work per thread) gives the
+    outputs and gradients of 1 thread, the last row `short` steps shorter than T."""
+    cell, a, kw = make_problem(rng, case, T, B, 5, 72, 71, dtype=np.float32)
+    lengths = np.full(B, T)
+    lengths[-1] = T - short
+    out, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
+    d = d_outputs_for(rng, out)
+    expected = run(cell, a, kw, d, threads=1, lengths=lengths, reverse=reverse)
+    monkeypatch.setattr(ops, "_cpus", lambda: 64)
+    monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
+    for n in counts:
+        assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths, reverse=reverse), expected,
+                         f"{n} threads vs 1")
+
+
 # The per-step barrier with more threads than this machine has CPUs (the caps lifted: ops._cpus and the
 # minimum work per thread): 3, 5, 8 threads take 2, 3, 3 rounds, n not a power of two included, and the
 # waiting threads of an oversubscribed team yield their CPU. B = 1 also runs the one-row tiles over several
@@ -82,40 +98,18 @@ def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
 @pytest.mark.parametrize("B", [1, 2, 3])
 @pytest.mark.parametrize("case", CASES)
 def test_more_threads_than_cpus_change_no_bit(rng, monkeypatch, case, B):
-    T = 4
-    cell, a, kw = make_problem(rng, case, T, B, 5, 72, 71, dtype=np.float32)
-    lengths = np.full(B, T)
-    lengths[-1] = T - 1
-    out, _ = forward(ops, cell, a, kw, lengths=lengths)
-    d = d_outputs_for(rng, out)
-    expected = run(cell, a, kw, d, threads=1, lengths=lengths)
-    monkeypatch.setattr(ops, "_cpus", lambda: 64)
-    monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
-    for n in (2, 3, 5, 8):
-        assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths), expected, f"{n} threads vs 1")
+    _oversubscribed_runs_give_the_bits_of_one(rng, monkeypatch, case, 4, B, 1, False, (2, 3, 5, 8))
 
 
 # The input projection in the barrier's shadow (hidden split, the whole sequence in one chunk, a small
 # w_ih share): a thread that waits at a step's barrier projects tiles of 6-8 rows of one of its panel
 # groups, as many as the wait allows, so the tiles run in an order that differs from run to run and from
-# thread count to thread count. T = 37 gives several blocks of rows; reverse, lengths and 2-5 threads (3
-# and 5 leave some threads without a group of the w_hn phase) must all give the bits of 1 thread.
+# thread count to thread count. T = 37 gives several blocks of rows; with reverse, lengths and 2, 3, 5
+# threads every run must give the bits of 1 thread.
 @pytest.mark.parametrize("B", [1, 2])
 @pytest.mark.parametrize("case", CASES)
 def test_projection_in_the_barrier_shadow_changes_no_bit(rng, monkeypatch, case, B):
-    T = 37
-    cell, a, kw = make_problem(rng, case, T, B, 5, 72, 71, dtype=np.float32)
-    lengths = np.full(B, T)
-    lengths[-1] = T - 5
-    reverse = B == 2
-    out, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
-    d = d_outputs_for(rng, out)
-    expected = run(cell, a, kw, d, threads=1, lengths=lengths, reverse=reverse)
-    monkeypatch.setattr(ops, "_cpus", lambda: 64)
-    monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
-    for n in (2, 3, 5):
-        assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths, reverse=reverse), expected,
-                         f"{n} threads vs 1")
+    _oversubscribed_runs_give_the_bits_of_one(rng, monkeypatch, case, 37, B, 5, B == 2, (2, 3, 5))
 
 
 def _fortran(v):
