@@ -77,7 +77,9 @@ def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
 
 def _oversubscribed_runs_give_the_bits_of_one(rng, monkeypatch, case, T, B, short, reverse, counts):
     """Every thread count in `counts` (the caps lifted: ops._cpus and the minimum work per thread) gives the
-    outputs and gradients of 1 thread, the last row `short` steps shorter than T."""
+    outputs and gradients of 1 thread, the last row `short` steps shorter than T. The workspaces the calls
+    keep are filled with NaN before each run, so that no run can pass on values an earlier one left there
+    (an xw row the run forgot to project, say)."""
     cell, a, kw = make_problem(rng, case, T, B, 5, 72, 71, dtype=np.float32)
     lengths = np.full(B, T)
     lengths[-1] = T - short
@@ -87,6 +89,8 @@ def _oversubscribed_runs_give_the_bits_of_one(rng, monkeypatch, case, T, B, shor
     monkeypatch.setattr(ops, "_cpus", lambda: 64)
     monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
     for n in counts:
+        for kept in getattr(ops._scratch_tls, "pool", {}).values():
+            kept.fill(np.nan)
         assert_same_bits(run(cell, a, kw, d, threads=n, lengths=lengths, reverse=reverse), expected,
                          f"{n} threads vs 1")
 
