@@ -209,22 +209,21 @@ cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:
     return 0
 
 
-# The operands run() accepts: the rf_ctx pointer fields, plus b_ih / b_hh (a forward folds them into
-# `bias`) and h0 / c0 / h_n / c_n (a forward seeds its state buffers from h0, c0, or zeros, and writes the
-# final state to h_n, c_n), so that rnnfast.ops makes none of these small arrays itself.
-_FIELDS = ("lengths", "x", "wih_pack", "xw", "bias", "b_hn", "peep", "w_pack", "w2_pack", "h0", "c0", "y",
+# The operands run() accepts: the rf_ctx pointer fields but b_hn, plus b_ih / b_hh (a forward folds them
+# into `bias`, and GRU reset_after's b_hn is the tail of b_hh) and h0 / c0 / h_n / c_n (a forward seeds its
+# state buffers from h0, c0, or zeros, and writes the final state to h_n, c_n), so that rnnfast.ops makes
+# none of these small arrays itself.
+_FIELDS = ("lengths", "x", "wih_pack", "xw", "bias", "peep", "w_pack", "w2_pack", "h0", "c0", "y",
            "h_n", "c_n", "gates_tb", "c_tb", "cprev_tb", "hprev_tb", "m_tb", "dy", "dh_n", "dc_n", "wq_pack",
            "wq2_pack", "dg_tb", "dgh_tb", "dhp_tb", "dh0", "dx", "wihq_pack", "xp_pack", "hp_pack", "mp_pack",
            "dw_ih", "dw_hh", "dw_hr", "dc0", "hbuf", "cbuf", "mbuf", "zero", "b_ih", "b_hh")
 _FIELD_ID = {name: i for i, name in enumerate(_FIELDS)}
-DEF NF = 43
 cdef enum:
     F_LENGTHS
     F_X
     F_WIH_PACK
     F_XW
     F_BIAS
-    F_B_HN
     F_PEEP
     F_W_PACK
     F_W2_PACK
@@ -262,6 +261,7 @@ cdef enum:
     F_ZERO
     F_B_IH
     F_B_HH
+    NF  # the number of operands
 assert len(_FIELDS) == NF
 
 
@@ -273,7 +273,7 @@ cdef void _needs(rf_index *need, rf_index T, rf_index B, rf_index I, rf_index H,
     for i in range(NF):
         need[i] = 0
     need[F_LENGTHS] = B; need[F_X] = TB * I; need[F_XW] = xw_steps * B * GH; need[F_BIAS] = GH
-    need[F_B_HN] = H; need[F_PEEP] = 3 * H; need[F_Y] = TB * K; need[F_H0] = B * K; need[F_C0] = B * H
+    need[F_PEEP] = 3 * H; need[F_Y] = TB * K; need[F_H0] = B * K; need[F_C0] = B * H
     need[F_H_N] = B * K; need[F_C_N] = B * H; need[F_GATES_TB] = TB * GH; need[F_C_TB] = TB * H
     need[F_CPREV_TB] = TB * H; need[F_HPREV_TB] = TB * K; need[F_M_TB] = TB * H; need[F_DY] = TB * K
     need[F_DH_N] = B * K; need[F_DC_N] = B * H; need[F_DG_TB] = TB * GH; need[F_DGH_TB] = TB * GH
@@ -289,23 +289,21 @@ ctypedef fused real:
     double
 
 
-cdef void _fold_bias(real *bias, const real *b_ih, const real *b_hh, rf_index n, rf_index n_hh) noexcept nogil:
-    """bias = 0 + b_ih + b_hh[:n_hh] (absent terms skipped)."""
-    cdef rf_index j
+cdef void _set_up(real *bias, const real *b_ih, const real *b_hh, rf_index n, rf_index n_hh, real *hbuf,
+                  const real *h0, real *cbuf, const real *c0, real *mbuf, rf_index B, rf_index K, rf_index H,
+                  rf_index Hp) noexcept nogil:
+    """bias (if any) = 0 + b_ih + b_hh[:n_hh] (absent terms skipped); hbuf[0] = h0 (or zeros); cbuf rows
+    (padded to Hp) = c0 rows (or zeros); mbuf = zeros."""
+    cdef rf_index j, b
     cdef real v
-    for j in range(n):
-        v = 0
-        if b_ih != NULL:
-            v = v + b_ih[j]
-        if b_hh != NULL and j < n_hh:
-            v = v + b_hh[j]
-        bias[j] = v
-
-
-cdef void _seed(real *hbuf, const real *h0, real *cbuf, const real *c0, real *mbuf, rf_index B, rf_index K,
-                rf_index H, rf_index Hp) noexcept nogil:
-    """hbuf[0] = h0 (or zeros); cbuf rows (padded to Hp) = c0 rows (or zeros); mbuf = zeros."""
-    cdef rf_index b
+    if bias != NULL:
+        for j in range(n):
+            v = 0
+            if b_ih != NULL:
+                v = v + b_ih[j]
+            if b_hh != NULL and j < n_hh:
+                v = v + b_hh[j]
+            bias[j] = v
     if h0 != NULL:
         memcpy(hbuf, h0, B * K * sizeof(real))
     else:
@@ -379,7 +377,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     for i, spec in enumerate(packs):
         _fill_pack(&c.packs[i], spec, typenum)
     c.lengths = <const int64_t *>ptr[F_LENGTHS]
-    c.x = ptr[F_X]; c.wih_pack = ptr[F_WIH_PACK]; c.xw = ptr[F_XW]; c.bias = ptr[F_BIAS]; c.b_hn = ptr[F_B_HN]
+    c.x = ptr[F_X]; c.wih_pack = ptr[F_WIH_PACK]; c.xw = ptr[F_XW]; c.bias = ptr[F_BIAS]; c.b_hn = NULL
     c.peep = ptr[F_PEEP]; c.w_pack = ptr[F_W_PACK]; c.w2_pack = ptr[F_W2_PACK]; c.h0 = ptr[F_H0]
     c.c0 = ptr[F_C0]; c.y = ptr[F_Y]; c.h_n = ptr[F_H_N]; c.c_n = ptr[F_C_N]; c.gates_tb = ptr[F_GATES_TB]
     c.c_tb = ptr[F_C_TB]; c.cprev_tb = ptr[F_CPREV_TB]; c.hprev_tb = ptr[F_HPREV_TB]; c.m_tb = ptr[F_M_TB]
@@ -417,16 +415,13 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     with nogil:
         if not backward:
             if f32:
-                if c.bias != NULL:
-                    _fold_bias(<float *>c.bias, <const float *>ptr[F_B_IH], <const float *>ptr[F_B_HH], G * H, n_hh)
-                _seed(<float *>c.hbuf, <const float *>c.h0, <float *>c.cbuf, <const float *>c.c0,
-                      <float *>c.mbuf, B, K, H, Hp)
+                _set_up(<float *>c.bias, <const float *>ptr[F_B_IH], <const float *>ptr[F_B_HH], G * H, n_hh,
+                        <float *>c.hbuf, <const float *>c.h0, <float *>c.cbuf, <const float *>c.c0,
+                        <float *>c.mbuf, B, K, H, Hp)
             else:
-                if c.bias != NULL:
-                    _fold_bias(<double *>c.bias, <const double *>ptr[F_B_IH], <const double *>ptr[F_B_HH], G * H,
-                               n_hh)
-                _seed(<double *>c.hbuf, <const double *>c.h0, <double *>c.cbuf, <const double *>c.c0,
-                      <double *>c.mbuf, B, K, H, Hp)
+                _set_up(<double *>c.bias, <const double *>ptr[F_B_IH], <const double *>ptr[F_B_HH], G * H, n_hh,
+                        <double *>c.hbuf, <const double *>c.h0, <double *>c.cbuf, <const double *>c.c0,
+                        <double *>c.mbuf, B, K, H, Hp)
         fn(&c)
         if not backward:
             if f32:

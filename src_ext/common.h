@@ -302,11 +302,6 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
     }
 }
 
-static RF_INLINE void SFX(gemm_tile)(int R, int NV, const REAL *const *A, rf_index K, const REAL *panel,
-                                     REAL *out) {
-    SFX(gemm_tile_x)(R, NV, A, 1, K, panel, 0, out, NULL, 0);
-}
-
 /* When a thread's panels (groups g_lo..g_hi, gsize elements each) are beyond what its L2 keeps, tile
  * tile_i of the tile_n row tiles that use group g0 also fetches its share of the thread's next group into
  * L2 (the first group after the last: the next step's, or the next row block's): returns where, with
