@@ -472,9 +472,9 @@ static RF_INLINE void SFX(project_chunk)(const rf_ctx *c, rf_split *sp, rf_index
  * them): the projection runs in the barrier's shadow instead of up front. A thread that has arrived at
  * the step's barrier projects tiles (RF_RMAX rows of one of its panel groups) until the other threads
  * have arrived, and before a step only what that step still lacks. Each thread projects its own groups,
- * which only it reads (`own`: the step phases' panel groups are the projection's, the same units), so the
- * order of the tiles needs no synchronisation; each element is the same FMA chain over k whatever the
- * tile, so the bits do not depend on it either. */
+ * which only it reads (`own`: the step phases read xw by the w_hh panel groups, and those are the
+ * projection's, the same units), so the order of the tiles needs no synchronisation; each element is the
+ * same FMA chain over k whatever the tile, so the bits do not depend on it either. */
 typedef struct {
     rf_index next, end, g, g_lo, g_hi; /* rows < next done for every group; group g next for the block */
     int R, on;
@@ -482,7 +482,7 @@ typedef struct {
 
 static RF_INLINE void SFX(xwq_init)(const rf_ctx *c, const rf_split *sp, int own, SFX(xwq) *q) {
     q->on = 0;
-    if (!own || sp->batch || sp->nt < 2 || c->xw_steps < c->T) return;
+    if (!own || c->ub != c->uih || sp->batch || sp->nt < 2 || c->xw_steps < c->T) return;
     /* the same decision in every thread (project_chunk has a barrier that the shadow has not) */
     const rf_index ngrp = RF_NGRP(c->H, c->uih), NV = c->G * c->uih, most = (ngrp + sp->nt - 1) / sp->nt;
     if (most * c->n_in * NV * V * (rf_index)sizeof(REAL) > RF_L2_KEEPS_BYTES) return;

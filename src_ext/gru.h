@@ -136,7 +136,7 @@ RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     SFX(pack_panels)(c, &sp);
     SFX(xwq) q;
     /* reset before: phase n reads xw by the groups of w_hn, not the projection's */
-    SFX(xwq_init)(c, &sp, c->mode == 1 && c->ub == c->uih, &q);
+    SFX(xwq_init)(c, &sp, c->mode == 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(project_for)(c, &sp, &q, s);
         SFX(gru_fwd_rz)(c, s, &sp);

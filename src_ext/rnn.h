@@ -56,7 +56,7 @@ RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     rf_split_init(&sp, c, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
     SFX(xwq) q;
-    SFX(xwq_init)(c, &sp, c->ub == c->uih, &q); /* the gate phase reads its own groups' xw */
+    SFX(xwq_init)(c, &sp, 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(project_for)(c, &sp, &q, s);
         SFX(rnn_fwd_step)(c, s, &sp);
