@@ -178,8 +178,11 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
 
 /* One row against MG consecutive panel groups (group stride gs) at once, for a thread whose step has a
  * single row (batch 1): the one-row tile has only NV FMA chains, too few to hide the FMA latency, and MG
- * groups give MG*NV. Each accumulator is the same chain over k as in the tile above, so the bits are the
- * tile's. out holds the groups one after another, NV vectors each. */
+ * groups give MG*NV. A thread's last group alone (MG = 1) runs here too, not in the one-row tile: the
+ * tile's prefetch of the panel rows 32 ahead is one extra instruction per load with a single row, and the
+ * whole panel is in L1 or L2 at batch 1 anyway (RNN, H = 128 and 64, one group a thread: -10%). Each
+ * accumulator is the same chain over k as in the tile above, so the bits are the tile's. out holds the
+ * groups one after another, NV vectors each. */
 #define RF_ROW1(MG, NVV)                                                            \
     case (MG) * 8 + (NVV): {                                                        \
         VEC acc[MG][NVV];                                                           \
@@ -204,10 +207,10 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
      * once, not one miss at a time as the k loop reaches them */
     for (rf_index k = 0; k < K; k += 64 / sizeof(REAL)) __builtin_prefetch(A + k);
     switch (MG * 8 + NV) {
-        RF_ROW1(2, 1) RF_ROW1(3, 1) RF_ROW1(4, 1)
-        RF_ROW1(2, 2) RF_ROW1(3, 2) RF_ROW1(4, 2)
-        RF_ROW1(2, 3) RF_ROW1(3, 3) RF_ROW1(4, 3)
-        RF_ROW1(2, 4) RF_ROW1(3, 4) RF_ROW1(4, 4)
+        RF_ROW1(1, 1) RF_ROW1(2, 1) RF_ROW1(3, 1) RF_ROW1(4, 1)
+        RF_ROW1(1, 2) RF_ROW1(2, 2) RF_ROW1(3, 2) RF_ROW1(4, 2)
+        RF_ROW1(1, 3) RF_ROW1(2, 3) RF_ROW1(3, 3) RF_ROW1(4, 3)
+        RF_ROW1(1, 4) RF_ROW1(2, 4) RF_ROW1(3, 4) RF_ROW1(4, 4)
         default: break;
     }
 }
@@ -319,14 +322,14 @@ static RF_INLINE const char *SFX(ahead)(const REAL *panel, rf_index gsize, rf_in
     return (const char *)(panel + g_next * gsize) + lo * 64;
 }
 
-/* The GEMM of a step phase for groups g0..g0+m-1 (m > 1 only for a single row, see gemm_row1) of the
+/* The GEMM of a step phase for groups g0..g0+m-1 (m > 1 only for a single row, which gemm_row1 takes) of the
  * panels starting at `panel`, K rows each. Row i of group g0+q lands at out + (q + i) * NV * V. Row tile
  * tile_i of tile_n fetches its share of the next group ahead (see above). */
 static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A, rf_index K, const REAL *panel,
                                      rf_index g0, REAL *out, rf_index g_lo, rf_index g_hi, rf_index tile_i,
                                      rf_index tile_n) {
     const rf_index gsize = K * NV * V;
-    if (m > 1) {
+    if (nr == 1) {
         SFX(gemm_row1)(m, NV, A[0], K, panel + g0 * gsize, gsize, out);
         return;
     }
