@@ -94,7 +94,10 @@ static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale) {
 }
 static RF_INLINE VEC SFX(vsigmoid)(VEC x) {
     VEC scale, q = SFX(vexp_parts)(-x, &scale);
-    return SFX(vselect)(x < (REAL)RF_EXP_OVERFLOW, SFX(vsplat)(0), (REAL)1 / ((REAL)1 + (scale + scale * q)));
+    /* the select on the denominator (1/inf = 0), not on the quotient: selecting the quotient, GCC divided
+     * twice (once masked) */
+    const VEC d = SFX(vselect)(x < (REAL)RF_EXP_OVERFLOW, SFX(vsplat)(__builtin_inf()), (REAL)1 + (scale + scale * q));
+    return (REAL)1 / d;
 }
 /* tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)): no cancellation near 0, no overflow for large |x|. */
 static RF_INLINE VEC SFX(vtanh)(VEC x) {

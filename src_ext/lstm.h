@@ -48,10 +48,11 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
                     const REAL *acc = out + ((grp - g_cur + i) * NV + sb * 4) * V;
                     const REAL *xr = (xws + b * GH) + j0;
                     VEC pre[4];
-                    for (int g = 0; g < 4; g++) {
+                    _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++)
                         pre[g] = SFX(vload)(acc + g * V) + SFX(vload_n)(xr + g * H, nl);
-                        if (bias) pre[g] += SFX(vload_n)(bias + g * H + j0, nl);
-                    }
+                    if (bias)
+                        _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++)
+                            pre[g] += SFX(vload_n)(bias + g * H + j0, nl);
                     const VEC cp = SFX(vload)(cb + b * Hp + j0);
                     if (peep) {
                         pre[0] += SFX(vload_n)(peep + j0, nl) * cp;
