@@ -181,7 +181,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
 
 /* One row against MG consecutive panel groups (group stride gs) at once, for a thread whose step has a
  * single row (batch 1): the one-row tile has only NV FMA chains, too few to hide the FMA latency, and MG
- * groups give MG*NV. A thread's last group alone (MG = 1) runs here too, not in the one-row tile: the
+ * groups give MG*NV. A lone group (MG = 1: a thread's only or last one) runs here too, not in the one-row tile: the
  * tile's prefetch of the panel rows 32 ahead is one extra instruction per load with a single row, and the
  * whole panel is in L1 or L2 at batch 1 anyway (RNN, H = 128 and 64, one group a thread: -10%). Each
  * accumulator is the same chain over k as in the tile above, so the bits are the tile's. out holds the

@@ -97,8 +97,9 @@ def _oversubscribed_runs_give_the_bits_of_one(rng, monkeypatch, case, T, B, shor
 
 # The per-step barrier with more threads than this machine has CPUs (the caps lifted: ops._cpus and the
 # minimum work per thread): 3, 5, 8 threads take 2, 3, 3 rounds, n not a power of two included, and the
-# waiting threads of an oversubscribed team yield their CPU. B = 1 also runs the one-row tiles over several
-# panel groups at once (gemm_row1), B = 2 and 3 the ordinary tiles; every count gives the bits of 1 thread.
+# waiting threads of an oversubscribed team yield their CPU. B = 1 also runs the row kernel (gemm_row1) on
+# one to four panel groups a call (a thread's lone group among them), B = 2 and 3 the ordinary tiles; every
+# count gives the bits of 1 thread.
 @pytest.mark.parametrize("B", [1, 2, 3])
 @pytest.mark.parametrize("case", CASES)
 def test_more_threads_than_cpus_change_no_bit(rng, monkeypatch, case, B):
