@@ -191,7 +191,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
         VEC acc[MG][NVV];                                                           \
         _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++)                        \
         _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) acc[g][v] = (VEC){0}; \
-        for (rf_index k = 0; k < K; k++) {                                          \
+        for (rf_index k = k_lo; k < k_hi; k++) {                                    \
             const REAL a = A[k];                                                    \
             _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++) {                  \
                 const REAL *pk = panel + g * gs + k * (NVV * V);                    \
@@ -205,10 +205,10 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
         return;                                                                     \
     }
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
-        int MG, int NV, const REAL *A, rf_index K, const REAL *panel, rf_index gs, REAL *out) {
+        int MG, int NV, const REAL *A, rf_index k_lo, rf_index k_hi, const REAL *panel, rf_index gs, REAL *out) {
     /* the row was written by the other threads at the end of the last step: ask for all its lines at
      * once, not one miss at a time as the k loop reaches them */
-    for (rf_index k = 0; k < K; k += 64 / sizeof(REAL)) __builtin_prefetch(A + k);
+    for (rf_index k = k_lo; k < k_hi; k += 64 / sizeof(REAL)) __builtin_prefetch(A + k);
     switch (MG * 8 + NV) {
         RF_ROW1(1, 1) RF_ROW1(2, 1) RF_ROW1(3, 1) RF_ROW1(4, 1)
         RF_ROW1(1, 2) RF_ROW1(2, 2) RF_ROW1(3, 2) RF_ROW1(4, 2)
@@ -327,13 +327,28 @@ static RF_INLINE const char *SFX(ahead)(const REAL *panel, rf_index gsize, rf_in
 
 /* The GEMM of a step phase for groups g0..g0+m-1 (m > 1 only for a single row, which gemm_row1 takes) of the
  * panels starting at `panel`, K rows each. Row i of group g0+q lands at out + (q + i) * NV * V. Row tile
- * tile_i of tile_n fetches its share of the next group ahead (see above). */
+ * tile_i of tile_n fetches its share of the next group ahead (see above). A single row with K1 > 0 sums
+ * k in [0, K1) and [K1, K) apart and adds the two (see row1_k1); `done` = 1 or 2 says that block 0 or 1
+ * is already summed, in part. */
 static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A, rf_index K, const REAL *panel,
                                      rf_index g0, REAL *out, rf_index g_lo, rf_index g_hi, rf_index tile_i,
-                                     rf_index tile_n) {
+                                     rf_index tile_n, rf_index K1, int done, const REAL *part) {
     const rf_index gsize = K * NV * V;
     if (nr == 1) {
-        SFX(gemm_row1)(m, NV, A[0], K, panel + g0 * gsize, gsize, out);
+        const REAL *pg = panel + g0 * gsize;
+        if (K1 <= 0) {
+            SFX(gemm_row1)(m, NV, A[0], 0, K, pg, gsize, out);
+            return;
+        }
+        REAL p[RF_ROW1_MAXG * 4 * V] __attribute__((aligned(64)));
+        if (!done) {
+            SFX(gemm_row1)(m, NV, A[0], 0, K1, pg, gsize, out);
+            SFX(gemm_row1)(m, NV, A[0], K1, K, pg, gsize, p);
+            part = p;
+        } else {
+            SFX(gemm_row1)(m, NV, A[0], done == 1 ? K1 : 0, done == 1 ? K : K1, pg, gsize, out);
+        }
+        for (int i = 0; i < m * NV; i++) SFX(vstore)(out + i * V, SFX(vload)(out + i * V) + SFX(vload)(part + i * V));
         return;
     }
     rf_index pf_n;
@@ -342,8 +357,9 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
 }
 
 /* The arguments of step_gemm after `out`, inside RF_STEP_TILES: the thread's groups, this tile's index and
- * the number of row tiles per group. */
-#define RF_STEP_AHEAD(g_lo, g_hi) (g_lo), (g_hi), rt_i_, rt_c_
+ * the number of row tiles per group (and for RF_STEP_ROW1 the k split of a single row, see row1_begin). */
+#define RF_STEP_AHEAD(g_lo, g_hi) (g_lo), (g_hi), rt_i_, rt_c_, 0, 0, NULL
+#define RF_STEP_ROW1(g_lo, g_hi, K1, done, part) (g_lo), (g_hi), rt_i_, rt_c_, (K1), (done), (part)
 
 /* The tiles of a step phase: groups g_lo..g_hi outer, row tiles inner (a group's panel stays in L2 while
  * every row tile of the thread uses it), m groups from g_cur at a time (rf_step_groups). */
@@ -511,29 +527,74 @@ static RF_INLINE void SFX(xwq_tile)(const rf_ctx *c, SFX(xwq) *q) {
     }
 }
 
-/* Before loop step s: its xw rows (up front per chunk, or what the shadow has not done yet). */
-static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s) {
-    if (!q->on) {
-        SFX(project_chunk)(c, sp, s);
-        return;
-    }
-    while (q->next < (s + 1) * c->B) SFX(xwq_tile)(c, q);
-}
-
-/* The end of a step phase: rf_sync, with projection tiles while the other threads are still on their way. */
-static RF_INLINE void SFX(step_sync)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q) {
-    if (!q->on) {
-        rf_sync(sp);
-        return;
-    }
-    const unsigned e = rf_barrier_arrive(sp->barrier, sp->tid, sp->nt, &sp->epoch);
-    while (q->next < q->end && !rf_barrier_arrived(sp->barrier, sp->tid, e)) SFX(xwq_tile)(c, q);
-    rf_barrier_finish(sp->barrier, sp->tid, sp->nt, e);
+/* Finish the barrier this thread arrived at last (if any), with projection tiles while the other threads
+ * are still on their way. */
+static RF_INLINE void SFX(step_finish)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q) {
+    if (!sp->has_pend) return;
+    sp->has_pend = 0;
+    if (q->on)
+        while (q->next < q->end && !rf_barrier_arrived(sp->barrier, sp->tid, sp->pend)) SFX(xwq_tile)(c, q);
+    rf_barrier_finish(sp->barrier, sp->tid, sp->nt, sp->pend);
 }
 
 /* The xw rows (B, G*H) of loop step s. */
 static RF_INLINE const REAL *SFX(xw_step)(const rf_ctx *c, rf_index s) {
     return (const REAL *)c->xw + (s % c->xw_steps) * c->B * c->G * c->H;
+}
+
+/* Before loop step s: its xw rows (up front per chunk, or what the shadow has not done yet). */
+static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s) {
+    if (!q->on) {
+        /* a chunk overwrites rows another thread may still read in the last step */
+        if (s % c->xw_steps == 0) SFX(step_finish)(c, sp, q);
+        SFX(project_chunk)(c, sp, s);
+    } else
+        while (q->next < (s + 1) * c->B) SFX(xwq_tile)(c, q);
+#ifndef RF_NO_XWPF
+    if (sp->r_hi - sp->r_lo == 1 && s < c->T) {
+        rf_index g_lo, g_hi;
+        rf_groups(sp, RF_NGRP(c->H, c->ub), &g_lo, &g_hi);
+        const rf_index j_lo = g_lo * c->ub * V, j_hi = g_hi * c->ub * V < c->H ? g_hi * c->ub * V : c->H;
+        const REAL *row = SFX(xw_step)(c, s) + sp->r_lo * c->G * c->H;
+        for (rf_index g = 0; g < c->G; g++)
+            for (rf_index j = j_lo; j < j_hi; j += 64 / sizeof(REAL)) __builtin_prefetch(row + g * c->H + j);
+    }
+#endif
+}
+
+/* The end of a step phase: rf_sync, with projection tiles while the other threads are still on their way. */
+static RF_INLINE void SFX(step_sync)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q) {
+    rf_step_arrive(sp);
+    SFX(step_finish)(c, sp, q);
+}
+
+/* Batch 1, the forward phases whose GEMM reads the state the previous step wrote (h_{s-1}: K = H units,
+ * made by the phase's own panel groups): a single row's k range sums in two blocks, [0, K1) and [K1, K),
+ * which are then added. K1 is where a split of the groups between 2 threads puts it (0: one block), a
+ * function of H and the panel layout only, so the bits do not depend on the thread count. */
+static RF_INLINE rf_index SFX(row1_k1)(const rf_ctx *c, rf_index K, int ub) {
+    return c->B == 1 ? RF_NGRP(K, ub) / 2 * ub * V : 0;
+}
+
+/* The start of such a phase (any phase: it finishes the previous step's barrier). With 2 threads each
+ * block is one thread's own units, which it wrote itself: the thread sums its own block for all its
+ * groups into part before it waits for the other thread, and the other block after (step_gemm with
+ * `done`), so that the wait and the transfer of the other half of the state hide behind half of the GEMM.
+ * Returns `done` for step_gemm (0: nothing summed yet). */
+#define RF_OVL_MAXV 128 /* the vectors of part: a thread's groups x NV (LSTM H = 1024: 32 x 4) */
+static RF_INLINE int SFX(row1_begin)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s, const REAL *a,
+                                     rf_index K, rf_index K1, const REAL *panel, int NV, rf_index g_lo,
+                                     rf_index g_hi, REAL *part) {
+    int done = 0;
+    if (K1 > 0 && sp->nt == 2 && !sp->batch && sp->has_pend && (g_hi - g_lo) * NV <= RF_OVL_MAXV &&
+        SFX(any_active)(c, s, 0, 1)) {
+        const rf_index gsize = K * NV * V, lo = sp->tid ? K1 : 0, hi = sp->tid ? K : K1;
+        for (rf_index g = g_lo, m = rf_step_groups(sp, g, g_hi); g < g_hi; g += m, m = rf_step_groups(sp, g, g_hi))
+            SFX(gemm_row1)((int)m, NV, a, lo, hi, panel + g * gsize, gsize, part + (g - g_lo) * NV * V);
+        done = sp->tid ? 2 : 1;
+    }
+    SFX(step_finish)(c, sp, q);
+    return done;
 }
 
 /* Backward epilogue: dx = dg @ w_ih for all T*B rows. */

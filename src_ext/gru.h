@@ -5,7 +5,7 @@
 
 /* Forward phase 1. reset_after: all three gates and the new state. Reset before: r and z only (panels of
  * w_hh rows r, z), leaving r*h in mbuf and z in cbuf for phase 2. */
-static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp, SFX(xwq) *q) {
     const rf_index B = c->B, H = c->H, GH = 3 * H, Hp = RF_ROUND(H);
     const int after = c->mode == 1, Gs = after ? 3 : 2, ub = c->ub, NV = Gs * ub;
     const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * H;
@@ -16,14 +16,17 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, const rf_spli
     REAL *mb = (REAL *)c->mbuf, *zb = (REAL *)c->cbuf;
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
-    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    REAL out[8 * 4 * V] __attribute__((aligned(64))), part[RF_OVL_MAXV * V] __attribute__((aligned(64)));
+    /* reset before: h_{s-1} comes from phase n's groups: one block */
+    const rf_index K1 = after ? SFX(row1_k1)(c, H, ub) : 0;
+    const int done = SFX(row1_begin)(c, sp, q, s, hprev, H, K1, panel, NV, g_lo, g_hi, part);
     RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
-                                RF_STEP_AHEAD(g_lo, g_hi));
+                                RF_STEP_ROW1(g_lo, g_hi, K1, done, part + (g_cur - g_lo) * NV * V));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -139,13 +142,15 @@ RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     SFX(xwq_init)(c, &sp, c->mode == 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(project_for)(c, &sp, &q, s);
-        SFX(gru_fwd_rz)(c, s, &sp);
-        SFX(step_sync)(c, &sp, &q);
+        SFX(gru_fwd_rz)(c, s, &sp, &q); /* finishes the last step's barrier */
+        rf_step_arrive(&sp);
         if (c->mode != 1) {
+            SFX(step_finish)(c, &sp, &q);
             SFX(gru_fwd_n)(c, s, &sp);
-            SFX(step_sync)(c, &sp, &q);
+            rf_step_arrive(&sp);
         }
     }
+    SFX(step_finish)(c, &sp, &q);
 }
 
 void SFX(rf_gru_forward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(gru_fwd_worker)); }

@@ -83,6 +83,8 @@ typedef struct {
     int tid, nt, batch;
     unsigned epoch;
     rf_barrier *barrier;
+    unsigned pend;  /* the count of a barrier this thread has arrived at and not yet finished (has_pend) */
+    int has_pend;
 } rf_split;
 
 /* The rule: batch rows when every thread gets >= 16 of them. Measured 2026-11-22 (2 threads, float32,
@@ -96,6 +98,7 @@ static RF_INLINE void rf_split_init(rf_split *sp, const rf_ctx *c, int tid, int 
     sp->tid = tid;
     sp->nt = nt;
     sp->epoch = 0;
+    sp->has_pend = 0;
     sp->barrier = barrier;
     if (nt == 1 || c->split == 1) sp->batch = 1;
     else if (c->split == 2) sp->batch = 0;
@@ -131,6 +134,14 @@ static RF_INLINE void rf_groups(const rf_split *sp, rf_index ngrp, rf_index *lo,
 static RF_INLINE rf_index rf_step_groups(const rf_split *sp, rf_index g, rf_index g_hi) {
     if (sp->r_hi - sp->r_lo != 1) return 1;
     return g_hi - g < RF_ROW1_MAXG ? g_hi - g : RF_ROW1_MAXG;
+}
+
+/* The end of a step phase in the hidden split, in two halves: arrive here, finish (SFX(step_finish)) before
+ * anything reads another thread's results or overwrites what another thread may still read. */
+static RF_INLINE void rf_step_arrive(rf_split *sp) {
+    if (sp->batch) return;
+    sp->pend = rf_barrier_arrive(sp->barrier, sp->tid, sp->nt, &sp->epoch);
+    sp->has_pend = 1;
 }
 
 static RF_INLINE void rf_sync(rf_split *sp) {

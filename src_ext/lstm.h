@@ -3,7 +3,7 @@
 
 /* Forward, gate phase for loop step s: GEMM of h_{s-1} with the w_hh panels, then the cell update on the
  * accumulators. Without projection it writes h_s and y; with projection it leaves m = o*tanh(c) in mbuf. */
-static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split *sp, SFX(xwq) *q) {
     const rf_index B = c->B, H = c->H, K = c->K, GH = 4 * H, Hp = RF_ROUND(H);
     const int ub = c->ub, NV = 4 * ub, proj = c->proj;
     const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * K;
@@ -15,14 +15,17 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, const rf_
     REAL *hp_tb = (REAL *)c->hprev_tb, *m_tb = (REAL *)c->m_tb;
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
-    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    REAL out[8 * 4 * V] __attribute__((aligned(64))), part[RF_OVL_MAXV * V] __attribute__((aligned(64)));
+    /* with a projection h_{s-1} comes from the projection's groups: one block */
+    const rf_index K1 = proj ? 0 : SFX(row1_k1)(c, H, ub);
+    const int done = SFX(row1_begin)(c, sp, q, s, hprev, K, K1, panel, NV, g_lo, g_hi, part);
     RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
                 SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
-                                RF_STEP_AHEAD(g_lo, g_hi));
+                                RF_STEP_ROW1(g_lo, g_hi, K1, done, part + (g_cur - g_lo) * NV * V));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -138,13 +141,15 @@ RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier
     SFX(xwq_init)(c, &sp, 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(project_for)(c, &sp, &q, s);
-        SFX(lstm_fwd_gates)(c, s, &sp);
-        SFX(step_sync)(c, &sp, &q);
+        SFX(lstm_fwd_gates)(c, s, &sp, &q); /* finishes the last step's barrier */
+        rf_step_arrive(&sp);
         if (c->proj) {
+            SFX(step_finish)(c, &sp, &q);
             SFX(lstm_fwd_proj)(c, s, &sp);
-            SFX(step_sync)(c, &sp, &q);
+            rf_step_arrive(&sp);
         }
     }
+    SFX(step_finish)(c, &sp, &q);
 }
 
 void SFX(rf_lstm_forward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(lstm_fwd_worker)); }

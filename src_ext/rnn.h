@@ -2,7 +2,7 @@
 
 static RF_INLINE VEC SFX(rnn_act)(int relu, VEC x) { return relu ? SFX(vrelu)(x) : SFX(vtanh)(x); }
 
-static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_split *sp) {
+static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *sp, SFX(xwq) *q) {
     const rf_index B = c->B, H = c->H;
     const int ub = c->ub, NV = ub, relu = c->mode == 1;
     const REAL *hprev = (const REAL *)c->hbuf + (s & 1) * B * H;
@@ -11,14 +11,16 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, const rf_sp
     REAL *y = (REAL *)c->y, *g_tb = (REAL *)c->gates_tb, *hp_tb = (REAL *)c->hprev_tb;
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
-    REAL out[8 * 4 * V] __attribute__((aligned(64)));
+    REAL out[8 * 4 * V] __attribute__((aligned(64))), part[RF_OVL_MAXV * V] __attribute__((aligned(64)));
+    const rf_index K1 = SFX(row1_k1)(c, H, ub);
+    const int done = SFX(row1_begin)(c, sp, q, s, hprev, H, K1, panel, NV, g_lo, g_hi, part);
     RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
-                                RF_STEP_AHEAD(g_lo, g_hi));
+                                RF_STEP_ROW1(g_lo, g_hi, K1, done, part + (g_cur - g_lo) * NV * V));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -59,9 +61,10 @@ RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     SFX(xwq_init)(c, &sp, 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
         SFX(project_for)(c, &sp, &q, s);
-        SFX(rnn_fwd_step)(c, s, &sp);
-        SFX(step_sync)(c, &sp, &q);
+        SFX(rnn_fwd_step)(c, s, &sp, &q); /* finishes the last step's barrier */
+        rf_step_arrive(&sp);
     }
+    SFX(step_finish)(c, &sp, &q);
 }
 
 void SFX(rf_rnn_forward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(rnn_fwd_worker)); }
