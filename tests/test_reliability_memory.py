@@ -263,6 +263,27 @@ def test_kept_workspaces_are_bounded(monkeypatch):
         assert 0 < sum(kept) <= 33_000 and max(kept) <= 40_000, kept
 
 
+def test_kept_call_plans_view_only_the_kept_workspaces(monkeypatch):
+    """An inference call's plan (workspaces, panel layout) is kept for the next call of the same shapes: calls
+    of shapes that alternate, with larger calls in between that replace the scratch buffers, give the bits
+    of a first call, and every kept plan views only buffers the scratch pool holds."""
+    import numpy as np
+    from rnnfast import ops
+    monkeypatch.setattr(ops._scratch_tls, "pool", {})
+    problems = [_lstm_problem(s, T=T, B=B, I=I, H=H, dtype=np.float32)
+                for s, (T, B, I, H) in enumerate([(9, 1, 6, 40), (5, 3, 17, 8), (30, 4, 50, 70)])]
+    first = [ops.lstm_forward(*p) for p in problems]
+    for order in ([0, 1, 0, 1], [2, 0, 1, 2, 1, 0], [0, 0, 2, 2, 0]):
+        for i in order:
+            for got, want in zip(ops.lstm_forward(*problems[i])[:3], first[i][:3]):
+                np.testing.assert_array_equal(got, want)
+            pool, plans = ops._scratch_tls.pool, ops._scratch_tls.plans
+            assert plans is not None and plans[0] is pool and plans[1]
+            bases = {id(b.base) for b in pool.values()}
+            for plan in plans[1].values():
+                assert all(a is None or id(a.base) in bases for a in plan[4].values())
+
+
 def test_workspaces_saved_arrays_and_outputs_start_on_64_byte_boundaries(monkeypatch):
     """The kernels' vector loads and stores straddle two cache lines on any other start (numpy gives 16):
     every workspace, pooled array and kernel-written output starts on a 64-byte boundary, for every size
