@@ -248,10 +248,11 @@ def _pack(specs, src, offset, s_g, s_j, s_k, Gs, N, K, dtype, owners=None):
 
 # Below this many multiply-adds per recurrent step a second thread costs more in per-step
 # synchronisation than it saves (and on a loaded machine a barrier can wait a whole time slice).
-# Measured 2026-11-22 (2 threads, float32, batch 1, T = 100, in-process A/B against 1 << 14): RNN H = 128
-# 13% faster on 2 threads (16384 multiply-adds per step), LSTM H = 64 12%, GRU H = 96 18%; 1 << 12 would
-# also give 2 threads to LSTM H = 48 (3 panel groups, split 1 + 2): 43% slower.
-_MIN_STEP_WORK_PER_THREAD = 1 << 13
+# Measured 2026-11-23 (2 threads, float32, batch 1, T = 100, in-process A/B of 1 and 2 threads, with the
+# batch-1 step summing its own half of the state before the barrier): GRU H = 64 (12288 multiply-adds a
+# step) 74 -> 58.5 us on 2 threads, LSTM H = 64 (16384) 108 -> 74 us; LSTM H = 48 (9216) 59.6 -> 62.0 us
+# and RNN H = 64 (4096) 28 -> 35 us (both stay on 1), GRU H = 56 (9408) 80.8 / 79.7 us either way.
+_MIN_STEP_WORK_PER_THREAD = 6144
 
 
 def _threads(B, G, H, K):
