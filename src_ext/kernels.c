@@ -98,6 +98,7 @@ static RF_INLINE void rf_split_init(rf_split *sp, const rf_ctx *c, int tid, int 
     sp->tid = tid;
     sp->nt = nt;
     sp->epoch = 0;
+    sp->pend = 0;
     sp->has_pend = 0;
     sp->barrier = barrier;
     if (nt == 1 || c->split == 1) sp->batch = 1;
