@@ -3,6 +3,39 @@
  * W_hn (r*h) + b_hn), which needs r of every unit before the n GEMM: a second phase per step.
  * h' = (1 - z) * n + z * h. Compiled once per dtype. */
 
+/* reset_after's new state from r, z, the hidden-side n term hn (b_hn added) and xw's n term xn:
+ * n = tanh(xn + r * hn (+ the folded n bias bn)), h = (1 - z) * n + z * hp. */
+static RF_INLINE VEC SFX(gru_after_state)(VEC r, VEC z, VEC hn, VEC xn, int has_bn, VEC bn, VEC hp, VEC *n) {
+    VEC pn = xn + r * hn;
+    if (has_bn) pn += bn;
+    *n = SFX(vtanh)(pn);
+    return (1 - z) * *n + z * hp;
+}
+
+/* Phase 1's epilogue for nr rows of one panel group in the common case (inference, reset_after, every row
+ * active, a whole vector of units), out of line as LSTM's (lstm_fwd_epi). Row i's accumulators at
+ * acc + i*sa, xw row at xr + i*sx (gates H apart), h_{s-1} at hp + i*sh, h_s and y at hn + i*sh and
+ * y + i*sy; bias and b_hn at this group's units (or NULL). */
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gru_fwd_epi)(
+        int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, rf_index H, const REAL *bias,
+        const REAL *b_hn, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy) {
+    for (int i = 0; i < nr; i++) {
+        const REAL *a = acc + i * sa, *x = xr + i * sx;
+        VEC pr = SFX(vload)(a) + SFX(vload)(x), pz = SFX(vload)(a + V) + SFX(vload)(x + H);
+        if (bias) {
+            pr += SFX(vload)(bias);
+            pz += SFX(vload)(bias + H);
+        }
+        const VEC r = SFX(vsigmoid)(pr), z = SFX(vsigmoid)(pz);
+        VEC hh = SFX(vload)(a + 2 * V), n;
+        if (b_hn) hh += SFX(vload)(b_hn);
+        const VEC h = SFX(gru_after_state)(r, z, hh, SFX(vload)(x + 2 * H), bias != NULL,
+                                           bias ? SFX(vload)(bias + 2 * H) : SFX(vsplat)(0), SFX(vload)(hp + i * sh), &n);
+        SFX(vstore)(hn + i * sh, h);
+        SFX(vstore)(y + i * sy, h);
+    }
+}
+
 /* Forward phase 1. reset_after: all three gates and the new state. Reset before: r and z only (panels of
  * w_hh rows r, z), leaving r*h in mbuf and z in cbuf for phase 2. */
 static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp, SFX(xwq) *q) {
@@ -27,6 +60,13 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, part + (g_cur - g_lo) * NV * V));
+            if (after && !c->training && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
+                const rf_index j0 = grp * V, t = c->reverse ? c->T - 1 - s : s;
+                SFX(gru_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws + r0 * GH + j0, GH, H,
+                                 bias ? bias + j0 : NULL, b_hn ? b_hn + j0 : NULL, hprev + r0 * H + j0,
+                                 hnext + r0 * H + j0, H, y + (t * B + r0) * H + j0, H);
+                continue;
+            }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -59,12 +99,11 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                     const VEC hp = SFX(vload_n)(hprev + b * H + j0, nl);
                     REAL *gs = g_tb + (t * B + b) * GH + j0;
                     if (after) {
-                        VEC hn = SFX(vload)(acc + 2 * V);
+                        VEC hn = SFX(vload)(acc + 2 * V), n;
                         if (b_hn) hn += SFX(vload_n)(b_hn + j0, nl);
-                        VEC pn = SFX(vload_n)(xr + 2 * H, nl) + r * hn;
-                        if (bias) pn += SFX(vload_n)(bias + 2 * H + j0, nl);
-                        const VEC n = SFX(vtanh)(pn);
-                        const VEC h = (1 - z) * n + z * hp;
+                        const VEC h = SFX(gru_after_state)(r, z, hn, SFX(vload_n)(xr + 2 * H, nl), bias != NULL,
+                                                           bias ? SFX(vload_n)(bias + 2 * H + j0, nl) : SFX(vsplat)(0),
+                                                           hp, &n);
                         SFX(vstore_n)(hnext + b * H + j0, h, nl);
                         SFX(vstore_n)(y + (t * B + b) * H + j0, h, nl);
                         if (c->training) {
