@@ -12,13 +12,14 @@ static RF_INLINE VEC SFX(gru_after_state)(VEC r, VEC z, VEC hn, VEC xn, int has_
     return (1 - z) * *n + z * hp;
 }
 
-/* Phase 1's epilogue for nr rows of one panel group in the common case (inference, reset_after, every row
- * active, a whole vector of units), out of line as LSTM's (lstm_fwd_epi). Row i's accumulators at
- * acc + i*sa, xw row at xr + i*sx (gates H apart), h_{s-1} at hp + i*sh, h_s and y at hn + i*sh and
- * y + i*sy; bias and b_hn at this group's units (or NULL). */
+/* Phase 1's epilogue for nr rows of one panel group in the common case (reset_after, every row active, a
+ * whole vector of units), out of line as LSTM's (lstm_fwd_epi). Row i's accumulators at acc + i*sa, xw row
+ * at xr + i*sx (gates H apart), h_{s-1} at hp + i*sh, h_s and y at hn + i*sh and y + i*sy; bias and b_hn at
+ * this group's units (or NULL); for training (gs not NULL) the saves at gs, hps, ms. */
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gru_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, rf_index H, const REAL *bias,
-        const REAL *b_hn, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy) {
+        const REAL *b_hn, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy, REAL *gs, REAL *hps,
+        REAL *ms) {
     for (int i = 0; i < nr; i++) {
         const REAL *a = acc + i * sa, *x = xr + i * sx;
         VEC pr = SFX(vload)(a) + SFX(vload)(x), pz = SFX(vload)(a + V) + SFX(vload)(x + H);
@@ -33,6 +34,13 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gru_fwd_epi)(
                                            bias ? SFX(vload)(bias + 2 * H) : SFX(vsplat)(0), SFX(vload)(hp + i * sh), &n);
         SFX(vstore)(hn + i * sh, h);
         SFX(vstore)(y + i * sy, h);
+        if (gs) { /* training: the gates (row stride 3H), h_{s-1} and the n-gate's hidden term (stride sy) */
+            SFX(vstore)(gs + i * 3 * H, r);
+            SFX(vstore)(gs + i * 3 * H + H, z);
+            SFX(vstore)(gs + i * 3 * H + 2 * H, n);
+            SFX(vstore)(hps + i * sy, SFX(vload)(hp + i * sh));
+            SFX(vstore)(ms + i * sy, hh);
+        }
     }
 }
 
@@ -60,11 +68,13 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, part + (g_cur - g_lo) * NV * V));
-            if (after && !c->training && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
-                const rf_index j0 = grp * V, t = c->reverse ? c->T - 1 - s : s;
+            if (after && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
+                const rf_index j0 = grp * V, t = c->reverse ? c->T - 1 - s : s, row = t * B + r0;
                 SFX(gru_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws + r0 * GH + j0, GH, H,
                                  bias ? bias + j0 : NULL, b_hn ? b_hn + j0 : NULL, hprev + r0 * H + j0,
-                                 hnext + r0 * H + j0, H, y + (t * B + r0) * H + j0, H);
+                                 hnext + r0 * H + j0, H, y + row * H + j0, H,
+                                 c->training ? g_tb + row * GH + j0 : NULL, c->training ? hp_tb + row * H + j0 : NULL,
+                                 c->training ? m_tb + row * H + j0 : NULL);
                 continue;
             }
             for (int i = 0; i < nr; i++) {
