@@ -550,7 +550,7 @@ static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *
         SFX(project_chunk)(c, sp, s);
     } else
         while (q->next < (s + 1) * c->B) SFX(xwq_tile)(c, q);
-#ifndef RF_NO_XWPF
+    /* a single row: ask for the step's xw lines of this thread's units now (its epilogue waited on them) */
     if (sp->r_hi - sp->r_lo == 1 && s < c->T) {
         rf_index g_lo, g_hi;
         rf_groups(sp, RF_NGRP(c->H, c->ub), &g_lo, &g_hi);
@@ -559,7 +559,6 @@ static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *
         for (rf_index g = 0; g < c->G; g++)
             for (rf_index j = j_lo; j < j_hi; j += 64 / sizeof(REAL)) __builtin_prefetch(row + g * c->H + j);
     }
-#endif
 }
 
 /* The end of a step phase: rf_sync, with projection tiles while the other threads are still on their way. */

@@ -67,7 +67,7 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
-                                RF_STEP_ROW1(g_lo, g_hi, K1, done, part + (g_cur - g_lo) * NV * V));
+                                RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
             if (after && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
                 const rf_index j0 = grp * V, t = c->reverse ? c->T - 1 - s : s, row = t * B + r0;
                 SFX(gru_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws + r0 * GH + j0, GH, H,

@@ -20,7 +20,7 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *s
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
-                                RF_STEP_ROW1(g_lo, g_hi, K1, done, part + (g_cur - g_lo) * NV * V));
+                                RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
