@@ -14,24 +14,32 @@ static RF_INLINE VEC SFX(lstm_cell)(VEC pre[4], VEC cp, int peep, VEC po, VEC g[
     return g[3] * SFX(vtanh)(*cn);
 }
 
-/* The gate phase's epilogue for nr rows of one panel group in the common case (inference, no projection
- * or peephole, every row active, a whole vector of units), out of line: inside the worker, GCC kept
- * reloading the activations' constants and spilling between the rows (LSTM mid steps -2.5% here). Row
- * i's accumulators at acc + i*sa, xw row at xr + i*sx (gates H apart), c at cb + i*sc, h and y at
- * hn + i*sh and y + i*sy. */
+/* The gate phase's epilogue for nr rows of one panel group in the common case (no projection or peephole,
+ * every row active, a whole vector of units), out of line: inside the worker, GCC kept reloading the
+ * activations' constants and spilling between the rows (LSTM mid steps -2.5% here). Row i's accumulators
+ * at acc + i*sa, xw row at xr + i*sx (gates H apart), c at cb + i*sc, h_{t-1} at hp + i*sh, h and y at
+ * hn + i*sh and y + i*sy; for training (gs not NULL) the saves at gs, cs, cps, hps. */
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(lstm_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, rf_index H, const REAL *bias,
-        REAL *cb, rf_index sc, REAL *hn, rf_index sh, REAL *y, rf_index sy) {
+        REAL *cb, rf_index sc, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy, REAL *gs,
+        REAL *cs, REAL *cps, REAL *hps) {
     for (int i = 0; i < nr; i++) {
         VEC pre[4], g[4], cn;
         _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)
             pre[q] = SFX(vload)(acc + i * sa + q * V) + SFX(vload)(xr + i * sx + q * H);
         if (bias)
             _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) pre[q] += SFX(vload)(bias + q * H);
-        const VEC m = SFX(lstm_cell)(pre, SFX(vload)(cb + i * sc), 0, SFX(vsplat)(0), g, &cn);
+        const VEC cp = SFX(vload)(cb + i * sc);
+        const VEC m = SFX(lstm_cell)(pre, cp, 0, SFX(vsplat)(0), g, &cn);
         SFX(vstore)(cb + i * sc, cn);
         SFX(vstore)(hn + i * sh, m);
         SFX(vstore)(y + i * sy, m);
+        if (gs) { /* training: the gates (row stride 4H), c_t, c_{t-1} and h_{t-1} (stride sy) */
+            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) SFX(vstore)(gs + i * 4 * H + q * H, g[q]);
+            SFX(vstore)(cs + i * sy, cn);
+            SFX(vstore)(cps + i * sy, cp);
+            SFX(vstore)(hps + i * sy, SFX(vload)(hp + i * sh));
+        }
     }
 }
 
@@ -60,11 +68,14 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
                 SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
-            if (!peep && !proj && !c->training && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
-                const rf_index j0 = grp * V, t = c->reverse ? c->T - 1 - s : s;
+            if (!peep && !proj && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
+                const rf_index j0 = grp * V, t = c->reverse ? c->T - 1 - s : s, row = t * B + r0;
+                const int tr = c->training;
                 SFX(lstm_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws + r0 * GH + j0, GH, H,
-                                  bias ? bias + j0 : NULL, cb + r0 * Hp + j0, Hp, hnext + r0 * K + j0, K,
-                                  y + (t * B + r0) * K + j0, K);
+                                  bias ? bias + j0 : NULL, cb + r0 * Hp + j0, Hp, hprev + r0 * K + j0,
+                                  hnext + r0 * K + j0, K, y + row * K + j0, K, tr ? g_tb + row * GH + j0 : NULL,
+                                  tr ? c_tb + row * H + j0 : NULL, tr ? cp_tb + row * H + j0 : NULL,
+                                  tr ? hp_tb + row * K + j0 : NULL);
                 continue;
             }
             for (int i = 0; i < nr; i++) {
