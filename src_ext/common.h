@@ -561,12 +561,6 @@ static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *
     }
 }
 
-/* The end of a step phase: rf_sync, with projection tiles while the other threads are still on their way. */
-static RF_INLINE void SFX(step_sync)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q) {
-    rf_step_arrive(sp);
-    SFX(step_finish)(c, sp, q);
-}
-
 /* Batch 1, the forward phases whose GEMM reads the state the previous step wrote (h_{s-1}: K = H units,
  * made by the phase's own panel groups): a single row's k range sums in two blocks, [0, K1) and [K1, K),
  * which are then added. K1 is where a split of the groups between 2 threads puts it (0: one block), a

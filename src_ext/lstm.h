@@ -69,7 +69,9 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                 SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
             if (!peep && !proj && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
-                const rf_index j0 = grp * V, t = c->reverse ? c->T - 1 - s : s, row = t * B + r0;
+                rf_index t, len; /* every row at the same time index (no lengths) */
+                SFX(row_at)(c, s, r0, &t, &len);
+                const rf_index j0 = grp * V, row = t * B + r0;
                 const int tr = c->training;
                 SFX(lstm_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws + r0 * GH + j0, GH, H,
                                   bias ? bias + j0 : NULL, cb + r0 * Hp + j0, Hp, hprev + r0 * K + j0,
