@@ -638,33 +638,47 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         wq_pack, uq = s.wpacks["wq"]
         wq2_pack, uq2 = s.wpacks.get("wq2", (None, 1))
         wihq_pack, uihq = s.wpacks["wihq"]
-        xp_pack, uxp = _pack(packs, s.x, 0, 0, 1, I, 1, I, N, dtype)
-        if s.lengths is not None and s.lengths.min() < T:
-            # The padding of x is never read (as with torch's PackedSequence), not even multiplied by 0.
-            packs[-1] += (s.lengths,)
-        hp_pack, uhp = _pack(packs, a["hprev_tb"], 0, 0, 1, K, 1, K, N, dtype)
-        mp_pack, ump = None, 1
+        # The weight gradients read x, hprev and m in place where their rows are whole panel groups (no
+        # copy: the packs cost ~5% of a backward); otherwise as panels. x with padding is always packed:
+        # the padding of x is never read (as with torch's PackedSequence), not even multiplied by 0.
+        padded = s.lengths is not None and s.lengths.min() < T
+        xp_pack, uxp, xp_ld = None, _unit_blocks(1, I, V), I
+        if padded or I % (uxp * V):
+            xp_pack, uxp = _pack(packs, s.x, 0, 0, 1, I, 1, I, N, dtype)
+            xp_ld = 0
+            if padded:
+                packs[-1] += (s.lengths,)
+        hp_pack, uhp, hp_ld = None, _unit_blocks(1, K, V), K
+        if K % (uhp * V):
+            hp_pack, uhp = _pack(packs, a["hprev_tb"], 0, 0, 1, K, 1, K, N, dtype)
+            hp_ld = 0
+        mp_pack, ump, mp_ld = None, 1, 0
         if proj or before:
-            mp_pack, ump = _pack(packs, a["m_tb"], 0, 0, 1, H, 1, H, N, dtype)
+            mp_pack, ump, mp_ld = None, _unit_blocks(1, H, V), H
+            if H % (ump * V):
+                mp_pack, ump = _pack(packs, a["m_tb"], 0, 0, 1, H, 1, H, N, dtype)
+                mp_ld = 0
+        # Bias gradients: column sums of the gate gradients (the hidden side differs for GRU reset_after),
+        # taken by the weight-gradient pass as it reads them.
+        db_ih = np.empty(GH, dtype) if s.has_bias[0] else None
+        db_hh = np.empty(GH, dtype) if s.has_bias[1] else None
         cbuf = _scratch("cbuf", (B, _round_up(H, V)), dtype, fill=0)
         run_args = dict(a, packs=packs, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, lengths=s.lengths,
                         wq_pack=wq_pack, wq2_pack=wq2_pack, wihq_pack=wihq_pack, xp_pack=xp_pack,
                         hp_pack=hp_pack, mp_pack=mp_pack, dg_tb=dg_tb, dgh_tb=dgh_tb, dh0=dh0, dx=dx,
-                        dw_ih=dw_ih, dw_hh=dw_hh, dw_hr=dw_hr, cbuf=cbuf,
+                        dw_ih=dw_ih, dw_hh=dw_hh, dw_hr=dw_hr, cbuf=cbuf, db_ih=db_ih, db_hh=db_hh,
+                        x=s.x if xp_ld else None,
                         dhp_tb=_scratch("dhp_tb", (T, B, K), dtype) if proj else None,
                         zero=_scratch("zero", (max(GH, K, H) + V,), dtype, fill=0))
         _kernels.run(cell, True, dtype, run_args, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
                      _threads(B, G, H, K), uq=uq, uq2=uq2, uihq=uihq, uxp=uxp, uhp=uhp, ump=ump,
-                     split=_split(cell, B, H, K, True, True))
+                     split=_split(cell, B, H, K, True, True), xp_ld=xp_ld, hp_ld=hp_ld, mp_ld=mp_ld)
         if dc0 is not None:
             keep = slice(None) if s.lengths is None else s.lengths > 0
             dc0[keep] = cbuf[keep, :H]
-    # Bias gradients: column sums of the gate gradients (the hidden side differs for GRU reset_after).
-    dg = dg_tb.reshape(N, GH)
-    db_ih = dg.sum(axis=0) if s.has_bias[0] else None
-    db_hh = None
-    if s.has_bias[1]:
-        db_hh = dgh_tb.reshape(N, GH).sum(axis=0) if dgh_tb is not None else dg.sum(axis=0)
+    else:
+        db_ih = np.zeros(GH, dtype) if s.has_bias[0] else None
+        db_hh = np.zeros(GH, dtype) if s.has_bias[1] else None
     if cell != "lstm":
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh
     out = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)

@@ -62,6 +62,9 @@ cdef extern from "kernels.h" nogil:
         const void *hp_pack
         const void *mp_pack
         int uxp, uhp, ump
+        rf_index xp_ld, hp_ld, mp_ld
+        void *db_ih
+        void *db_hh
         void *dw_ih
         void *dw_hh
         void *dw_hr
@@ -216,7 +219,7 @@ cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:
 _FIELDS = ("lengths", "x", "wih_pack", "xw", "bias", "peep", "w_pack", "w2_pack", "h0", "c0", "y",
            "h_n", "c_n", "gates_tb", "c_tb", "cprev_tb", "hprev_tb", "m_tb", "dy", "dh_n", "dc_n", "wq_pack",
            "wq2_pack", "dg_tb", "dgh_tb", "dhp_tb", "dh0", "dx", "wihq_pack", "xp_pack", "hp_pack", "mp_pack",
-           "dw_ih", "dw_hh", "dw_hr", "dc0", "hbuf", "cbuf", "mbuf", "zero", "b_ih", "b_hh")
+           "dw_ih", "dw_hh", "dw_hr", "dc0", "hbuf", "cbuf", "mbuf", "zero", "b_ih", "b_hh", "db_ih", "db_hh")
 _FIELD_ID = {name: i for i, name in enumerate(_FIELDS)}
 cdef enum:
     F_LENGTHS
@@ -261,6 +264,8 @@ cdef enum:
     F_ZERO
     F_B_IH
     F_B_HH
+    F_DB_IH
+    F_DB_HH
     NF  # the number of operands
 assert len(_FIELDS) == NF
 
@@ -280,6 +285,7 @@ cdef void _needs(rf_index *need, rf_index T, rf_index B, rf_index I, rf_index H,
     need[F_DHP_TB] = TB * K; need[F_DH0] = B * K; need[F_DX] = TB * I; need[F_DW_IH] = GH * I
     need[F_DW_HH] = GH * K; need[F_DW_HR] = K * H; need[F_HBUF] = 2 * B * K; need[F_CBUF] = B * Hp
     need[F_MBUF] = B * H; need[F_ZERO] = max(GH, max(K, H)) + V; need[F_B_IH] = GH; need[F_B_HH] = GH
+    need[F_DB_IH] = GH; need[F_DB_HH] = GH
 
 
 # A forward's set-up and wind-up around the time loop, in C: the biases folded (0 + b_ih + b_hh in this
@@ -330,7 +336,7 @@ cdef void _wind_up(const real *hlast, real *h_n, const real *cbuf, real *c_n, rf
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
-        rf_index xw_steps=0, int split=0):
+        rf_index xw_steps=0, int split=0, rf_index xp_ld=0, rf_index hp_ld=0, rf_index mp_ld=0):
     """Run one time loop. `a` maps operand names (_FIELDS: the rf_ctx pointer fields, b_ih / b_hh, h0 / c0 /
     h_n / c_n) to arrays (or None), plus "packs"; every array must already have its documented shape
     (rnnfast/ops.py guarantees it)."""
@@ -345,6 +351,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
     c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2; c.uih = uih; c.uihq = uihq
     c.uxp = uxp; c.uhp = uhp; c.ump = ump
+    c.xp_ld = xp_ld; c.hp_ld = hp_ld; c.mp_ld = mp_ld
     if xw_steps == 0:
         xw_steps = T
     if xw_steps < 1 or xw_steps > max(T, 1):
@@ -386,7 +393,14 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.dh0 = ptr[F_DH0]; c.dx = ptr[F_DX]; c.wihq_pack = ptr[F_WIHQ_PACK]; c.xp_pack = ptr[F_XP_PACK]
     c.hp_pack = ptr[F_HP_PACK]; c.mp_pack = ptr[F_MP_PACK]; c.dw_ih = ptr[F_DW_IH]; c.dw_hh = ptr[F_DW_HH]
     c.dw_hr = ptr[F_DW_HR]; c.dc0 = ptr[F_DC0]; c.hbuf = ptr[F_HBUF]; c.cbuf = ptr[F_CBUF]
-    c.mbuf = ptr[F_MBUF]; c.zero = ptr[F_ZERO]
+    c.mbuf = ptr[F_MBUF]; c.zero = ptr[F_ZERO]; c.db_ih = ptr[F_DB_IH]; c.db_hh = ptr[F_DB_HH]
+    # an operand of the weight gradients read in place: every group it has is whole, so no row is read past
+    if xp_ld and (xp_ld != I or c.x == NULL or I % (uxp * V)):
+        raise ValueError("internal: x cannot be read in place")
+    if hp_ld and (hp_ld != K or c.hprev_tb == NULL or K % (uhp * V)):
+        raise ValueError("internal: hprev_tb cannot be read in place")
+    if mp_ld and (mp_ld != H or c.m_tb == NULL or H % (ump * V)):
+        raise ValueError("internal: m_tb cannot be read in place")
     cdef loop_fn fn
     cdef bint f32 = typenum == cnp.NPY_FLOAT32
     if cell == "rnn":

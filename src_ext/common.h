@@ -218,17 +218,17 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
     }
 }
 
-/* out (R x NV vectors, rows NV*V apart) (+)= A rows @ a panel group of NV vectors: in one pass when the
+/* out (R x NV vectors, rows NV*V apart) (+)= A rows @ a panel group of NV vectors (rows ldp apart): in one pass when the
  * tile has a variant (up to 4 rows; 6 rows of 4 vectors, 8 of 3), else 2 vectors at a time. */
 static RF_INLINE void SFX(gemm_tile_x)(int R, int NV, const REAL *const *A, rf_index ak, rf_index K,
-                                       const REAL *panel, int acc_in, REAL *out, const char *pf,
+                                       const REAL *panel, rf_index ldp, int acc_in, REAL *out, const char *pf,
                                        rf_index pf_n) {
     if (R <= 4 || (NV == 4 && R <= 6) || (NV == 3 && R <= 8)) {
-        SFX(gemm_tile_k)(R, NV, A, ak, K, panel, NV * V, acc_in, out, NV * V, pf, pf_n);
+        SFX(gemm_tile_k)(R, NV, A, ak, K, panel, ldp, acc_in, out, NV * V, pf, pf_n);
         return;
     }
     for (int v0 = 0; v0 < NV; v0 += 2)
-        SFX(gemm_tile_k)(R, NV - v0 < 2 ? NV - v0 : 2, A, ak, K, panel + v0 * V, NV * V, acc_in, out + v0 * V,
+        SFX(gemm_tile_k)(R, NV - v0 < 2 ? NV - v0 : 2, A, ak, K, panel + v0 * V, ldp, acc_in, out + v0 * V,
                          NV * V, v0 ? NULL : pf, v0 ? 0 : pf_n);
 }
 
@@ -353,7 +353,7 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
     }
     rf_index pf_n;
     const char *pf = SFX(ahead)(panel, gsize, g0, g_lo, g_hi, tile_i, tile_n, &pf_n);
-    SFX(gemm_tile_x)(nr, NV, A, 1, K, panel + g0 * gsize, 0, out, pf, pf_n);
+    SFX(gemm_tile_x)(nr, NV, A, 1, K, panel + g0 * gsize, NV * V, 0, out, pf, pf_n);
 }
 
 /* The arguments of step_gemm after `out`, inside RF_STEP_TILES: the thread's groups, this tile's index and
@@ -437,7 +437,7 @@ static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo
                 REAL *Or[8];
                 rf_index pf_n;
                 for (int i = 0; i < nr; i++) SFX(map_row)(map, r0 + i, A, lda, out, ldo, &Ar[i], &Or[i]);
-                SFX(gemm_tile_x)(nr, NV, Ar, 1, K, panel + grp * K * NV * V, 0, tile,
+                SFX(gemm_tile_x)(nr, NV, Ar, 1, K, panel + grp * K * NV * V, NV * V, 0, tile,
                                  SFX(ahead)(panel, K * NV * V, grp, g_lo, g_hi, rt_i_, rt_c_, &pf_n), pf_n);
                 for (int i = 0; i < nr; i++)
                     for (int sb = 0; sb < ub; sb++) {
@@ -601,21 +601,32 @@ static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
 }
 
 /* Weight gradient dW[m, :] (+)= sum_n A[n, m] * Bm[n, :] for the M rows m of dW, split between threads by
- * rows: A is (N, M) (the gate gradients, read down its columns), Bm arrives packed as panels over its L
- * columns (reduction over n). n is blocked so that the block's panels of every column group stay in L2
- * while the thread's row tiles pass over them; each row tile's slice of A is first copied into a
- * contiguous k-major block (read down a column of A directly, every k would be a new cache line at a
- * stride that maps onto a few cache sets). The FMA chains continue across blocks, so the blocking does not
- * change a bit. */
+ * rows: A is (N, M) (the gate gradients, read down its columns). Bm is either packed as panels over its L
+ * columns (ldb == 0: group grp, row n at bm + (grp*N + n)*NV*V) or read in place, rows ldb apart (when L is
+ * a whole number of groups and every row may be read: group grp, row n at bm + n*ldb + grp*NV*V). n is
+ * blocked so that the block's rows of every column group stay in L2 while the thread's row tiles pass over
+ * them; each row tile's slice of A is first copied into a contiguous k-major block (read down a column of
+ * A directly, every k would be a new cache line at a stride that maps onto a few cache sets). The FMA
+ * chains continue across blocks, so the blocking does not change a bit. With db, the copy also sums the
+ * columns: db[m] = sum_n A[n, m], added in the order n = 0, 1, ... (numpy's order for a sum over axis 0). */
 static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index M, const REAL *A, rf_index lda,
-                                       const REAL *bpanel, int ub, rf_index L, REAL *dW, rf_index ldw) {
+                                       const REAL *bm, rf_index ldb, int ub, rf_index L, REAL *dW, rf_index ldw,
+                                       REAL *db) {
     enum { NBMAX = 1024 };
     const int NV = ub;
     rf_index m_lo, m_hi;
     rf_share(sp, M, &m_lo, &m_hi);
     const rf_index ngrp = RF_NGRP(L, ub);
-    if (ngrp == 0) return;
-    /* panels of all column groups for one n block: ~512 KiB */
+    if (ngrp == 0) {
+        if (db)
+            for (rf_index m = m_lo; m < m_hi; m++) {
+                REAL s = 0;
+                for (rf_index n = 0; n < N; n++) s += A[n * lda + m];
+                db[m] = s;
+            }
+        return;
+    }
+    /* rows of all column groups for one n block: ~512 KiB */
     rf_index NB = (rf_index)(512 * 1024 / sizeof(REAL)) / (ngrp * NV * V);
     NB = NB < 64 ? 64 : NB > NBMAX ? NBMAX : NB;
     REAL tile[8 * 4 * V] __attribute__((aligned(64)));
@@ -626,14 +637,24 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
             if (r0 + 8 <= lda) {
                 /* 8 elements a row (nr <= 8), each row's spill overwritten by the next row; the last
                  * row's lands in apack's slack and never reads past the row */
+                SFX(v8) sum = {0};
                 for (rf_index k = 0; k < nk; k++) {
                     SFX(v8) v;
                     memcpy(&v, A + (n0 + k) * lda + r0, sizeof v);
                     memcpy(apack + k * nr, &v, sizeof v);
+                    if (db) sum += v;
                 }
+                if (db)
+                    for (int i = 0; i < nr; i++) db[r0 + i] = n0 ? db[r0 + i] + sum[i] : sum[i];
             } else {
                 for (rf_index k = 0; k < nk; k++)
                     for (int i = 0; i < nr; i++) apack[k * nr + i] = A[(n0 + k) * lda + r0 + i];
+                if (db)
+                    for (int i = 0; i < nr; i++) {
+                        REAL s = n0 ? db[r0 + i] : 0;
+                        for (rf_index k = 0; k < nk; k++) s += apack[k * nr + i];
+                        db[r0 + i] = s;
+                    }
             }
             const REAL *Ar[8];
             for (int i = 0; i < nr; i++) Ar[i] = apack + i;
@@ -645,7 +666,10 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
                         VEC v = n0 ? SFX(vload_n)(dW + (r0 + i) * ldw + j0, nl) : SFX(vsplat)(0);
                         SFX(vstore)(tile + (i * NV + sb) * V, v);
                     }
-                SFX(gemm_tile_x)(nr, NV, Ar, nr, nk, bpanel + (grp * N + n0) * NV * V, 1, tile, NULL, 0);
+                if (ldb)
+                    SFX(gemm_tile_x)(nr, NV, Ar, nr, nk, bm + n0 * ldb + grp * NV * V, ldb, 1, tile, NULL, 0);
+                else
+                    SFX(gemm_tile_x)(nr, NV, Ar, nr, nk, bm + (grp * N + n0) * NV * V, NV * V, 1, tile, NULL, 0);
                 for (int i = 0; i < nr; i++)
                     for (int sb = 0; sb < ub; sb++) {
                         const rf_index j0 = (grp * ub + sb) * V;
@@ -659,20 +683,24 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
 }
 
 /* Backward epilogue, after dx: dw_ih = dg^T x and dw_hh = dgh^T hprev (GRU reset before: the n rows from
- * r*h), dw_hr = dhp^T m for a projection. Panels of x, hprev, r*h, m were packed by the caller. */
+ * r*h), dw_hr = dhp^T m for a projection, and the bias gradients db_ih, db_hh (column sums of dg, dgh) on the
+ * way. x, hprev, r*h, m are read in place where their row length is a whole number of panel groups
+ * (xp_ld etc. nonzero) and packed by the caller otherwise. */
 static RF_INLINE void SFX(weight_gradients)(const rf_ctx *c, rf_split *sp) {
     const rf_index N = c->T * c->B, H = c->H, GH = c->G * c->H, I = c->n_in, K = c->K;
     const REAL *dgh = c->dgh_tb ? (const REAL *)c->dgh_tb : (const REAL *)c->dg_tb;
-    SFX(weight_grad)(sp, N, GH, (const REAL *)c->dg_tb, GH, (const REAL *)c->xp_pack, c->uxp, I,
-                     (REAL *)c->dw_ih, I);
+    const REAL *xp = c->xp_ld ? (const REAL *)c->x : (const REAL *)c->xp_pack;
+    const REAL *hp = c->hp_ld ? (const REAL *)c->hprev_tb : (const REAL *)c->hp_pack;
+    const REAL *mp = c->mp_ld ? (const REAL *)c->m_tb : (const REAL *)c->mp_pack;
+    REAL *db_ih = (REAL *)c->db_ih, *db_hh = (REAL *)c->db_hh;
+    SFX(weight_grad)(sp, N, GH, (const REAL *)c->dg_tb, GH, xp, c->xp_ld, c->uxp, I, (REAL *)c->dw_ih, I, db_ih);
     if (c->G == 3 && c->mode != 1) {
-        SFX(weight_grad)(sp, N, 2 * H, dgh, GH, (const REAL *)c->hp_pack, c->uhp, K, (REAL *)c->dw_hh, K);
-        SFX(weight_grad)(sp, N, H, dgh + 2 * H, GH, (const REAL *)c->mp_pack, c->ump, H,
-                         (REAL *)c->dw_hh + 2 * H * K, K);
+        SFX(weight_grad)(sp, N, 2 * H, dgh, GH, hp, c->hp_ld, c->uhp, K, (REAL *)c->dw_hh, K, db_hh);
+        SFX(weight_grad)(sp, N, H, dgh + 2 * H, GH, mp, c->mp_ld, c->ump, H, (REAL *)c->dw_hh + 2 * H * K, K,
+                         db_hh ? db_hh + 2 * H : NULL);
     } else {
-        SFX(weight_grad)(sp, N, GH, dgh, GH, (const REAL *)c->hp_pack, c->uhp, K, (REAL *)c->dw_hh, K);
+        SFX(weight_grad)(sp, N, GH, dgh, GH, hp, c->hp_ld, c->uhp, K, (REAL *)c->dw_hh, K, db_hh);
     }
     if (c->proj)
-        SFX(weight_grad)(sp, N, K, (const REAL *)c->dhp_tb, K, (const REAL *)c->mp_pack, c->ump, H,
-                         (REAL *)c->dw_hr, H);
+        SFX(weight_grad)(sp, N, K, (const REAL *)c->dhp_tb, K, mp, c->mp_ld, c->ump, H, (REAL *)c->dw_hr, H, NULL);
 }

@@ -90,6 +90,8 @@ typedef struct {
      * hprev (T*B, K) and m (T*B, H) (LSTM projection: o*tanh c; GRU reset before: r*h) */
     const void *xp_pack, *hp_pack, *mp_pack;
     int uxp, uhp, ump;
+    rf_index xp_ld, hp_ld, mp_ld; /* nonzero: read x, hprev_tb, m_tb in place (rows this far apart), unpacked */
+    void *db_ih, *db_hh;    /* (G*H,) out, or NULL: bias gradients, column sums of dg_tb and dgh_tb (or dg_tb) */
     void *dw_ih;            /* (G*H, I) out */
     void *dw_hh;            /* (G*H, K) out */
     void *dw_hr;            /* (P, H) out */
