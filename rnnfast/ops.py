@@ -631,8 +631,7 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     dw_ih = _new((GH, I), dtype, fill=zero)
     dw_hh = _new((GH, K), dtype, fill=zero)
     dw_hr = _new((K, H), dtype, fill=zero) if proj else None
-    dg_tb = np.zeros((T, B, GH), dtype) if not N else None  # T*B == 0: bias gradients sum over nothing
-    dgh_tb = None
+    dg_tb = dgh_tb = None
     a = s.buffers
     if N:
         V = _kernels.lanes(dtype)
@@ -687,7 +686,7 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         if dc0 is not None:
             keep = slice(None) if s.lengths is None else s.lengths > 0
             dc0[keep] = cbuf[keep, :H]
-    else:
+    else:  # T*B == 0: the bias gradients sum over nothing
         db_ih = np.zeros(GH, dtype) if s.has_bias[0] else None
         db_hh = np.zeros(GH, dtype) if s.has_bias[1] else None
     if cell != "lstm":
