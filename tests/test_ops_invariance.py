@@ -73,6 +73,42 @@ def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
     assert_same_bits((tuple(out3), tuple(backward(ops, cell, d, saved3, a))), expected, "forward 3, backward 1")
 
 
+# The weight gradients read x, hprev and m (the projection's or reset-before's) where they are when their
+# rows are whole panel groups (I, H, P = 32, 32, 16 here, for every lane width) and pack them otherwise;
+# padding (lengths) keeps x packed. Packing forced (ops._IN_PLACE_MAX_ROW_BYTES = 0) changes no bit, and the
+# in-place run packs fewer operands in its backward, so the in-place path did run.
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_weight_gradient_operands_in_place_change_no_bit(rng, monkeypatch, case, dtype, padded):
+    T, B = 4, 5
+    cell, a, kw = make_problem(rng, case, T, B, 32, 32, 16, dtype=dtype)
+    lengths = np.full(B, T)
+    if padded:
+        lengths[1:] = rng.integers(1, T, B - 1)
+    out, _ = forward(ops, cell, a, kw, lengths=lengths)
+    d = d_outputs_for(rng, out)
+    rnnfast.set_num_threads(2)
+    packs = []
+    pack = ops._pack
+
+    def counting_pack(specs, *args, **kwargs):
+        packs.append(len(specs))
+        return pack(specs, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "_pack", counting_pack)
+    out_p, saved = forward(ops, cell, a, kw, lengths=lengths, training=True)
+    packs.clear()
+    in_place = (tuple(out_p), tuple(backward(ops, cell, d, saved, a)))
+    n_in_place = len(packs)
+    monkeypatch.setattr(ops, "_IN_PLACE_MAX_ROW_BYTES", 0)
+    out_p, saved = forward(ops, cell, a, kw, lengths=lengths, training=True)
+    packs.clear()
+    packed = (tuple(out_p), tuple(backward(ops, cell, d, saved, a)))
+    assert_same_bits(in_place, packed, "operands read in place vs packed")
+    assert n_in_place < len(packs), (n_in_place, len(packs))
+
+
 # ------------------------------------------------------------------------------------ layouts
 
 def _oversubscribed_runs_give_the_bits_of_one(rng, monkeypatch, case, T, B, short, reverse, counts):
