@@ -649,40 +649,38 @@ def _backward(cell, dy, dh_n, dc_n, saved):
         # padding of x is never read (as with torch's PackedSequence), not even multiplied by 0.
         padded = s.lengths is not None and s.lengths.min() < T
 
-        def in_place(n, ub):
-            return n % (ub * V) == 0 and n * dtype.itemsize <= _IN_PLACE_MAX_ROW_BYTES
+        def operand(src, n, lengths=None):
+            """(panels or None, unit blocks, row stride read in place or 0) of an (N, n) operand; with
+            lengths it is packed, its padding as zeros."""
+            ub = _unit_blocks(1, n, V)
+            if lengths is None and n % (ub * V) == 0 and n * dtype.itemsize <= _IN_PLACE_MAX_ROW_BYTES:
+                return None, ub, n
+            pack, ub = _pack(packs, src, 0, 0, 1, n, 1, n, N, dtype)
+            if lengths is not None:
+                packs[-1] += (lengths,)
+            return pack, ub, 0
 
-        xp_pack, uxp, xp_ld = None, _unit_blocks(1, I, V), I
-        if padded or not in_place(I, uxp):
-            xp_pack, uxp = _pack(packs, s.x, 0, 0, 1, I, 1, I, N, dtype)
-            xp_ld = 0
-            if padded:
-                packs[-1] += (s.lengths,)
-        hp_pack, uhp, hp_ld = None, _unit_blocks(1, K, V), K
-        if not in_place(K, uhp):
-            hp_pack, uhp = _pack(packs, a["hprev_tb"], 0, 0, 1, K, 1, K, N, dtype)
-            hp_ld = 0
-        mp_pack, ump, mp_ld = None, 1, 0
-        if proj or before:
-            mp_pack, ump, mp_ld = None, _unit_blocks(1, H, V), H
-            if not in_place(H, ump):
-                mp_pack, ump = _pack(packs, a["m_tb"], 0, 0, 1, H, 1, H, N, dtype)
-                mp_ld = 0
-        # Bias gradients: column sums of the gate gradients (the hidden side differs for GRU reset_after),
-        # taken by the weight-gradient pass as it reads them.
+        xp_pack, uxp, xp_ld = operand(s.x, I, s.lengths if padded else None)
+        hp_pack, uhp, hp_ld = operand(a["hprev_tb"], K)
+        mp_pack, ump, mp_ld = operand(a["m_tb"], H) if proj or before else (None, 1, 0)
+        # Bias gradients: column sums of the gate gradients, taken by the weight-gradient pass as it reads
+        # them. The hidden side's are the input side's unless GRU reset_after keeps its own (dgh_tb).
         db_ih = np.empty(GH, dtype) if s.has_bias[0] else None
         db_hh = np.empty(GH, dtype) if s.has_bias[1] else None
+        db_hh_kernel = db_hh if after or db_ih is None else None
         cbuf = _scratch("cbuf", (B, _round_up(H, V)), dtype, fill=0)
         run_args = dict(a, packs=packs, dy=dy, dh_n=dh_n, dc_n=dc_n, peep=s.w_peep, lengths=s.lengths,
                         wq_pack=wq_pack, wq2_pack=wq2_pack, wihq_pack=wihq_pack, xp_pack=xp_pack,
                         hp_pack=hp_pack, mp_pack=mp_pack, dg_tb=dg_tb, dgh_tb=dgh_tb, dh0=dh0, dx=dx,
-                        dw_ih=dw_ih, dw_hh=dw_hh, dw_hr=dw_hr, cbuf=cbuf, db_ih=db_ih, db_hh=db_hh,
+                        dw_ih=dw_ih, dw_hh=dw_hh, dw_hr=dw_hr, cbuf=cbuf, db_ih=db_ih, db_hh=db_hh_kernel,
                         x=s.x if xp_ld else None,
                         dhp_tb=_scratch("dhp_tb", (T, B, K), dtype) if proj else None,
                         zero=_scratch("zero", (max(GH, K, H) + V,), dtype, fill=0))
         _kernels.run(cell, True, dtype, run_args, T, B, I, H, K, G, s.reverse, s.mode, True, proj,
                      _threads(B, G, H, K), uq=uq, uq2=uq2, uihq=uihq, uxp=uxp, uhp=uhp, ump=ump,
                      split=_split(cell, B, H, K, True, True), xp_ld=xp_ld, hp_ld=hp_ld, mp_ld=mp_ld)
+        if db_hh is not None and db_hh_kernel is None:
+            db_hh[:] = db_ih
         if dc0 is not None:
             keep = slice(None) if s.lengths is None else s.lengths > 0
             dc0[keep] = cbuf[keep, :H]

@@ -624,6 +624,8 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
     rf_share(sp, (M + RF_WG_LINE - 1) / RF_WG_LINE, &u_lo, &u_hi);
     const rf_index m_lo = u_lo * RF_WG_LINE, m_hi = u_hi * RF_WG_LINE < M ? u_hi * RF_WG_LINE : M;
     const rf_index ngrp = RF_NGRP(L, ub);
+    /* Bm's row and group strides: packed or in place */
+    const rf_index b_row = ldb ? ldb : NV * V, b_grp = ldb ? NV * V : N * NV * V;
     if (ngrp == 0) {
         if (db)
             for (rf_index m = m_lo; m < m_hi; m++) {
@@ -670,11 +672,7 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
                             VEC v = n0 ? SFX(vload_n)(dW + (r0 + i) * ldw + j0, nl) : SFX(vsplat)(0);
                             SFX(vstore)(tile + (i * NV + sb) * V, v);
                         }
-                    if (ldb)
-                        SFX(gemm_tile_x)(nr, NV, Ar, SW, nk, bm + n0 * ldb + grp * NV * V, ldb, 1, tile, NULL, 0);
-                    else
-                        SFX(gemm_tile_x)(nr, NV, Ar, SW, nk, bm + (grp * N + n0) * NV * V, NV * V, 1, tile, NULL,
-                                         0);
+                    SFX(gemm_tile_x)(nr, NV, Ar, SW, nk, bm + grp * b_grp + n0 * b_row, b_row, 1, tile, NULL, 0);
                     for (int i = 0; i < nr; i++)
                         for (int sb = 0; sb < ub; sb++) {
                             const rf_index j0 = (grp * ub + sb) * V;
