@@ -610,8 +610,9 @@ static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
  * a line would be fetched again for each tile it feeds), and the strip's tiles read their rows of it. The
  * FMA chains continue across blocks, so neither blocks nor strips change a bit. With db, the copy also sums
  * the columns: db[m] = sum_n A[n, m], added in the order n = 0, 1, ... (numpy's order for a sum over axis
- * 0). Measured 2026-11-23 (2 threads, float32, weight-gradient phase alone) against copying 8 elements a
- * tile: LSTM mid / big -9% / -5%, GRU mid / big -3% / -4%, RNN big -10%. */
+ * 0). Measured 2026-11-23 (2 threads, float32, weight-gradient phase alone, per-phase cycle counts of two
+ * builds interleaved) against copying 8 elements a tile: LSTM mid -14%, big -3.6%; GRU big and RNN big
+ * within noise (+-2%). */
 #define RF_WG_STRIP 48
 #define RF_WG_LINE 16
 static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index M, const REAL *A, rf_index lda,
