@@ -91,20 +91,16 @@ static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale) {
     *scale = (VEC)((ni + RF_EXP_BIAS) << RF_MANT_BITS);
     return SFX(expm1_poly)(r) * (r * r) + r;
 }
-static RF_INLINE VEC SFX(vsigmoid)(VEC x) {
-    VEC scale, q = SFX(vexp_parts)(-x, &scale);
-    /* the select on the denominator (1/inf = 0), not on the quotient: selecting the quotient, GCC divided
-     * twice (once masked) */
-    const VEC d = SFX(vselect)(x < (REAL)RF_EXP_OVERFLOW, SFX(vsplat)(__builtin_inf()), (REAL)1 + (scale + scale * q));
-    return (REAL)1 / d;
-}
 /* The sigmoid as 1 / d: returns d (inf where the sigmoid is 0), for a caller that folds the division into
- * another one. */
+ * another one (vsigmoid divides). The select on the denominator (1/inf = 0), not on the quotient: selecting
+ * the quotient, GCC divided twice (once masked). */
 static RF_INLINE VEC SFX(vsigmoid_den)(VEC x) {
     VEC scale, q = SFX(vexp_parts)(-x, &scale);
     return SFX(vselect)(x < (REAL)RF_EXP_OVERFLOW, SFX(vsplat)(__builtin_inf()), (REAL)1 + (scale + scale * q));
 }
-/* tanh x as *n / d (see vtanh), d in [1, 2]: returns d. */
+static RF_INLINE VEC SFX(vsigmoid)(VEC x) { return (REAL)1 / SFX(vsigmoid_den)(x); }
+/* tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)): no cancellation near 0, no overflow for large |x|. As *n / d
+ * with d in [1, 2] (returned), for a caller that folds the division into another one (vtanh divides). */
 static RF_INLINE VEC SFX(vtanh_nd)(VEC x, VEC *n) {
     IVEC signbit = (IVEC)x & (IVEC)SFX(vsplat)(-0.0);
     VEC a = (VEC)((IVEC)x & ~(IVEC)SFX(vsplat)(-0.0));
@@ -113,14 +109,9 @@ static RF_INLINE VEC SFX(vtanh_nd)(VEC x, VEC *n) {
     *n = (VEC)((IVEC)((REAL)0 - em1) | signbit); /* 0 - em1, not -em1: tanh(+0) = +0 */
     return (REAL)2 + em1;
 }
-/* tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)): no cancellation near 0, no overflow for large |x|. */
 static RF_INLINE VEC SFX(vtanh)(VEC x) {
-    IVEC signbit = (IVEC)x & (IVEC)SFX(vsplat)(-0.0);
-    VEC a = (VEC)((IVEC)x & ~(IVEC)SFX(vsplat)(-0.0));
-    VEC scale, q = SFX(vexp_parts)((REAL)-2 * a, &scale);
-    VEC em1 = scale * q + (scale - (REAL)1);
-    VEC t = ((REAL)0 - em1) / ((REAL)2 + em1); /* 0 - em1, not -em1: tanh(+0) = +0 */
-    return (VEC)((IVEC)t | signbit);
+    VEC n, d = SFX(vtanh_nd)(x, &n);
+    return n / d;
 }
 #undef RF_EXP_LO
 #undef RF_EXP_HI

@@ -54,7 +54,7 @@ static RF_INLINE void SFX(lstm_epi_pre)(VEC pre[4], const REAL *acc, const REAL 
  * Inference runs in phases over the rows, each a loop of independent short iterations (the gates of every
  * row, then c_t, then o * tanh c_t): row by row, one row's chain of dependent operations (~200 cycles:
  * gates, c_t, tanh c_t) filled the reorder window and the core waited on it (this function alone, 6 rows,
- * one core: -14%; LSTM mid inference -1.5%). Training stays row by row: in phases, with its saves, the
+ * one core: -15%; LSTM mid inference -1.4%). Training stays row by row: in phases, with its saves, the
  * training forward measured 5% slower (LSTM mid and big). The bits are the same either way. */
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(lstm_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, rf_index H, const REAL *bias,
