@@ -160,6 +160,51 @@ def test_huge_and_tiny_inputs_saturate_cleanly(request, rng, case, dtype, scale)
         assert np.all(np.abs(out[0]) <= 1)  # tanh saturates at +-1, never beyond
 
 
+@pytest.mark.parametrize("B", [1, 5, 16])
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", [c for c in CASES if CASES[c][0] == "lstm"])
+def test_lstm_large_cell_state_with_open_output_gate(rng, case, dtype, training, B):
+    """c_t of either sign far beyond where tanh saturates (|c| up to 1e4: e^(2|c|) overflows) while the output
+    gate stays between 0 and 1 (x and h0 of normal size): h_t = o * tanh(c_t) = +-o, as in the float64
+    reference. Guards o * tanh(c) computed as one product n_c / (d_o d_c), whose denominator must stay finite
+    and normal for a saturated tanh of a negative argument as for a positive one."""
+    cell, a, kw = make_problem(rng, case, 3, B, 4, 20, 2, dtype=dtype)
+    a["c0"] = (rng.choice([-1.0, 1.0], a["c0"].shape) * 10.0 ** rng.uniform(1, 4, a["c0"].shape)).astype(dtype)
+    with strict_fp():
+        out, _ = forward(ops, cell, a, kw, training=training)
+    ref_out, _ = reference64(cell, a, kw, [np.zeros_like(o) for o in out])
+    for name, o, r in zip(OUT_NAMES[cell], out, ref_out):
+        assert_close(o, r, dtype, name)
+    if case == "lstm":  # (a peephole closes o for such c; a projection mixes the units)
+        assert np.all(np.abs(out[0]) > 1e-3)  # the output gates are open: no h_t collapses to 0
+
+
+@pytest.mark.parametrize("case", ["rnn_tanh", "gru", "lstm", "lstm_proj"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+def test_tanh_cells_are_odd(rng, case, dtype):
+    """Negating x, h0 and c0 negates every output bit for bit where the cell is an odd function of them: a
+    tanh RNN without biases, and a GRU / LSTM whose sigmoid gates get zero pre-activations (their weight rows
+    zero, so every gate is exactly 1/2 and only tanh sees the data). Needs tanh(-a) == -tanh(a) exactly,
+    across magnitudes from 1e-3 to 1e3 (where tanh saturates and its exponential would overflow)."""
+    cell, a, kw = make_problem(rng, case, 4, 6, 3, 20, 7, bias="none", dtype=dtype)
+    H = a["w_hh"].shape[0] // {"rnn": 1, "gru": 3, "lstm": 4}[cell]
+    sigmoid_rows = {"rnn": [], "gru": [0, 1], "lstm": [0, 1, 3]}[cell]  # GRU r, z; LSTM i, f, o
+    for q in sigmoid_rows:
+        a["w_ih"][q * H:(q + 1) * H] = 0
+        a["w_hh"][q * H:(q + 1) * H] = 0
+    for k in ("x", "h0", "c0"):
+        if a.get(k) is not None:
+            a[k] = (a[k] * 10.0 ** rng.uniform(-3, 3, a[k].shape)).astype(dtype)
+    neg = {k: (-v if k in ("x", "h0", "c0") and v is not None else v) for k, v in a.items()}
+    out_pos, _ = forward(ops, cell, a, kw)
+    out_neg, _ = forward(ops, cell, neg, kw)
+    for name, p, n in zip(OUT_NAMES[cell], out_pos, out_neg):
+        np.testing.assert_array_equal(n, -p, err_msg=name)
+    if case != "lstm_proj":  # (the projection mixes the units)
+        assert np.any(np.abs(out_pos[0]) > 0.99 * (0.5 if cell == "lstm" else 1))  # some tanh saturated
+
+
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
 def test_layer_huge_inputs(rng, kind, dtype):
@@ -497,3 +542,4 @@ def test_element_offsets_beyond_2_31(monkeypatch):
     T = 2**31 // (B * 4 * H) + 1  # xw: T*B*4H > 2**31 elements
     assert T * B * 4 * H > 2**31
     _big_lstm_rows_match_single_rows(T, B, H)
+
