@@ -15,6 +15,11 @@ Semantics are PyTorch's (see rnnfast.reference, the numpy oracle these functions
 Every argument is validated here, before any compiled code runs; inputs are never modified. T = 0 or
 B = 0 is allowed: outputs are empty, final states equal the initial ones, gradients are zeros.
 
+Subnormal numbers (below 1.2e-38 in float32, 2.2e-308 in float64) are flushed to zero inside the
+compiled time loops (read and written as 0, as torch.set_flush_denormal(True) does): a state or gradient
+that underflows would otherwise slow every step that reads it ~50-90x. The caller's floating-point mode
+is not changed, and the whole-sequence GEMMs (numpy's BLAS) keep gradual underflow.
+
 Extension beyond the contract: `w_peep` (3, H) gives a peephole LSTM (i, f see c_{t-1}, o sees c_t, as
 ONNX defines it); lstm_backward then returns dw_peep as a 9th element.
 """

@@ -543,3 +543,27 @@ def test_element_offsets_beyond_2_31(monkeypatch):
     assert T * B * 4 * H > 2**31
     _big_lstm_rows_match_single_rows(T, B, H)
 
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+def test_subnormals_flushed_in_kernel_threads_only(dtype, threads):
+    """The kernel threads flush subnormals (a state that underflows reads as 0, instead of making every FMA
+    that reads it slow), and the caller's floating-point mode is left as it was: after the call the calling
+    thread still computes subnormal results."""
+    tiny = np.finfo(dtype).tiny  # the smallest normal number
+    T, B, H = 3, 2, 16
+    x = np.zeros((T, B, 4), dtype)
+    h0 = np.full((B, H), tiny / 4, dtype)  # subnormal
+    w_ih = np.zeros((H, 4), dtype)
+    w_hh = (0.5 * np.eye(H)).astype(dtype)
+    before = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(threads)
+    try:
+        y, h_n, _ = ops.rnn_forward(x, h0, w_ih, w_hh)
+    finally:
+        rnnfast.set_num_threads(before)
+    # unflushed, h_1 = tanh(0.5 * h0) would be a nonzero subnormal
+    assert not np.any(y) and not np.any(h_n)
+    # the calling thread still has gradual underflow
+    assert dtype(tiny) * dtype(0.25) == tiny / 4 and tiny / 4 != 0
+    assert np.all(h0 != 0)
