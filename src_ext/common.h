@@ -258,15 +258,15 @@ static RF_INLINE void SFX(transpose)(VEC r[V]) {
 }
 
 /* Panels of groups g_lo..g_hi. Units along the source's rows (s_k == 1, the forward's weights): a blocked
- * transpose, 16 k at a time, V row loads, an in-register transpose and V row stores per V x V block, so
- * the reads walk along cache lines and the tile being written stays in L1. Units along its columns
+ * transpose, V row loads, an in-register transpose and V row stores per V x V block, the reads walking
+ * along cache lines. Units along its columns
  * (backward's weights, x, the saved states): row by row, each row read from start to end while every
  * group takes its V units from it (a column walk per group read each line from a new page: GRU wide's
  * training forward -5%). */
 static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k, rf_index Gs,
                                        rf_index N, rf_index K, rf_index ub, rf_index g_lo, rf_index g_hi,
                                        REAL *dst, const int64_t *row_len, rf_index row_B) {
-    const rf_index NV = Gs * ub, KB = 16;
+    const rf_index NV = Gs * ub, ld = NV * V;
     if (s_k == 1 && !row_len) {
         for (rf_index grp = g_lo; grp < g_hi; grp++)
             for (rf_index sb = 0; sb < ub; sb++)
@@ -274,24 +274,22 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
                     const rf_index j0 = (grp * ub + sb) * V;
                     const int nl = (int)(j0 >= N ? 0 : (N - j0 < V ? N - j0 : V));
                     REAL *d0 = dst + (grp * K * NV + sb * Gs + g) * V;
-                    for (rf_index k0 = 0; k0 < K; k0 += KB) {
-                        const rf_index kn = K - k0 < KB ? K - k0 : KB;
-                        rf_index kb = 0;
-                        for (; nl == V && kb + V <= kn; kb += V) {
-                            VEC r[V];
-                            for (int lane = 0; lane < V; lane++)
-                                r[lane] = SFX(vload)(src + g * s_g + (j0 + lane) * s_j + k0 + kb);
-                            SFX(transpose)(r);
-                            for (int q = 0; q < V; q++) SFX(vstore)(d0 + (k0 + kb + q) * NV * V, r[q]);
-                        }
-                        if (kb == kn) continue;
-                        /* a tail of units or of k: lane by lane */
-                        for (int lane = 0; lane < V; lane++) {
-                            const REAL *sp = src + g * s_g + (j0 + lane) * s_j + k0;
-                            for (rf_index kk = kb; kk < kn; kk++)
-                                d0[(k0 + kk) * NV * V + lane] = lane < nl ? sp[kk] : (REAL)0;
-                        }
+                    const REAL *s0 = src + g * s_g + j0 * s_j;
+                    rf_index k = 0;
+                    /* pointers stepped by the strides, not 16 row addresses kept live: GCC spilled those,
+                     * and the loop ran at 1/4 of a plain load-transpose-store loop */
+                    for (; nl == V && k + V <= K; k += V) {
+                        VEC r[V];
+                        const REAL *p = s0 + k;
+                        for (int lane = 0; lane < V; lane++, p += s_j) r[lane] = SFX(vload)(p);
+                        SFX(transpose)(r);
+                        REAL *d = d0 + k * ld;
+                        for (int q = 0; q < V; q++, d += ld) SFX(vstore)(d, r[q]);
                     }
+                    /* a tail of units or of k: lane by lane */
+                    for (; k < K; k++)
+                        for (int lane = 0; lane < V; lane++)
+                            d0[k * ld + lane] = lane < nl ? s0[lane * s_j + k] : (REAL)0;
                 }
         return;
     }
