@@ -259,10 +259,9 @@ static RF_INLINE void SFX(transpose)(VEC r[V]) {
 
 /* Panels of groups g_lo..g_hi. Units along the source's rows (s_k == 1, the forward's weights): a blocked
  * transpose, V row loads, an in-register transpose and V row stores per V x V block, the reads walking
- * along cache lines. Units along its columns
- * (backward's weights, x, the saved states): row by row, each row read from start to end while every
- * group takes its V units from it (a column walk per group read each line from a new page: GRU wide's
- * training forward -5%). */
+ * along cache lines. Units along its columns (backward's weights, x, the saved states): row by row, each
+ * row read from start to end while every group takes its V units from it (a column walk per group read
+ * each line from a new page: GRU wide's training forward -5%). */
 static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s_j, rf_index s_k, rf_index Gs,
                                        rf_index N, rf_index K, rf_index ub, rf_index g_lo, rf_index g_hi,
                                        REAL *dst, const int64_t *row_len, rf_index row_B) {
