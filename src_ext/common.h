@@ -32,7 +32,14 @@ static RF_INLINE void SFX(vstore_n)(REAL *p, VEC v, int n) {
     for (int i = 0; i < n; i++) p[i] = tmp[i];
 }
 static RF_INLINE void SFX(zero_n)(REAL *p, rf_index n) { memset(p, 0, (size_t)n * sizeof(REAL)); }
-static RF_INLINE void SFX(copy_n)(REAL *dst, const REAL *src, rf_index n) { memcpy(dst, src, (size_t)n * sizeof(REAL)); }
+/* One vector (the per-unit-block copies inside the step loops) as a vector move, not a call to memcpy. */
+static RF_INLINE void SFX(copy_n)(REAL *dst, const REAL *src, rf_index n) {
+    if (n == V) {
+        SFX(vstore)(dst, SFX(vload)(src));
+        return;
+    }
+    memcpy(dst, src, (size_t)n * sizeof(REAL));
+}
 /* a - 0, not 0 + a: 0 + (-0) is +0, and vsplat(-0.0) must be the sign mask (vtanh_nd). */
 static RF_INLINE VEC SFX(vsplat)(REAL a) { VEC v = {0}; return a - v; }
 static RF_INLINE VEC SFX(vselect)(IVEC mask, VEC a, VEC b) {
