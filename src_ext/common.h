@@ -31,8 +31,15 @@ static RF_INLINE void SFX(vstore_n)(REAL *p, VEC v, int n) {
     SFX(vstore)(tmp, v);
     for (int i = 0; i < n; i++) p[i] = tmp[i];
 }
-static RF_INLINE void SFX(zero_n)(REAL *p, rf_index n) { memset(p, 0, (size_t)n * sizeof(REAL)); }
-/* One vector (the per-unit-block copies inside the step loops) as a vector move, not a call to memcpy. */
+/* One vector (the per-unit-block zeros and copies inside the step loops) as a vector store, not a call to
+ * memset / memcpy. */
+static RF_INLINE void SFX(zero_n)(REAL *p, rf_index n) {
+    if (n == V) {
+        SFX(vstore)(p, (VEC){0});
+        return;
+    }
+    memset(p, 0, (size_t)n * sizeof(REAL));
+}
 static RF_INLINE void SFX(copy_n)(REAL *dst, const REAL *src, rf_index n) {
     if (n == V) {
         SFX(vstore)(dst, SFX(vload)(src));
