@@ -18,7 +18,8 @@ import statistics
 import numpy as np
 
 import rnnfast
-from rnnfast.bench import CONFIGS, GATES, _blas_info, flops, measure_gemm_peak, prepare, time_interleaved
+from rnnfast._config import blas_info
+from rnnfast.bench import CONFIGS, GATES, flops, measure_gemm_peak, prepare, time_interleaved
 
 
 def gemm_only(T, B, I, H, G, rng):
@@ -66,8 +67,7 @@ def main():
     except ImportError:
         pass
     peak = measure_gemm_peak()
-    blas = ", ".join(f"{i['internal_api']} {i['version']} {i['architecture']}" for i in _blas_info() or []
-                     if i["user_api"] == "blas") or "unknown"
+    blas = ", ".join(f"{i['internal_api']} {i['version']} {i['architecture']}" for i in blas_info()) or "unknown"
     print(f"rnnfast {rnnfast.__version__}, torch {torch.__version__}, threads {args.threads}, "
           f"numpy BLAS: {blas}; SGEMM peak {peak:.1f} GFLOP/s (n = 2048, best of 5)")
     print(f"{'cell':5}{'config':7}{'what':22}{'ms':>9}{'GFLOP/s':>9}{'peak %':>8}")
