@@ -505,6 +505,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
     after = cell == "gru" and mode == 1
 
     y = _new((T, B, K), dtype)
+    x_copy = None
     bufs = {}
     wpacks = {}
     owners = []  # pooled arrays that `saved` will hold
@@ -541,6 +542,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             if proj or cell == "gru":
                 bufs["m_tb"] = _pooled((T, B, H), dtype, owners)
             a.update(bufs)
+            if x is user[0] or not isinstance(user[0], np.ndarray) or np.may_share_memory(x, user[0]):
+                # backward's private copy of x (see _private), made by the kernel's threads on their way in
+                a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
                      _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
                      split=_split(cell, B, H, K, training, False))
@@ -551,7 +555,9 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         saved.T, saved.B, saved.I, saved.H, saved.K, saved.G = T, B, I, H, K, G
         saved.x, saved.w_peep = (
             _private(a, u, owners) if isinstance(u, np.ndarray) or a is None else _private(a, a, owners)
-            for a, u in ((x, user[0]), (w_peep, user[4])))
+            for a, u in ((x if x_copy is None else None, user[0]), (w_peep, user[4])))
+        if x_copy is not None:
+            saved.x = x_copy
         saved.proj = proj
         saved.wpacks = wpacks
         saved.has_bias = (b_ih is not None, b_hh is not None)

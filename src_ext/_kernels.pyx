@@ -25,6 +25,7 @@ cdef extern from "kernels.h" nogil:
         rf_pack_spec packs[RF_MAX_PACKS]
         int n_packs
         const void *x
+        void *x_copy
         const void *wih_pack
         int uih
         void *xw
@@ -219,7 +220,8 @@ cdef int _fill_pack(rf_pack_spec *p, tuple spec, int typenum) except -1:
 _FIELDS = ("lengths", "x", "wih_pack", "xw", "bias", "peep", "w_pack", "w2_pack", "h0", "c0", "y",
            "h_n", "c_n", "gates_tb", "c_tb", "cprev_tb", "hprev_tb", "m_tb", "dy", "dh_n", "dc_n", "wq_pack",
            "wq2_pack", "dg_tb", "dgh_tb", "dhp_tb", "dh0", "dx", "wihq_pack", "xp_pack", "hp_pack", "mp_pack",
-           "dw_ih", "dw_hh", "dw_hr", "dc0", "hbuf", "cbuf", "mbuf", "zero", "b_ih", "b_hh", "db_ih", "db_hh")
+           "dw_ih", "dw_hh", "dw_hr", "dc0", "hbuf", "cbuf", "mbuf", "zero", "b_ih", "b_hh", "db_ih", "db_hh",
+           "x_copy")
 _FIELD_ID = {name: i for i, name in enumerate(_FIELDS)}
 cdef enum:
     F_LENGTHS
@@ -266,6 +268,7 @@ cdef enum:
     F_B_HH
     F_DB_IH
     F_DB_HH
+    F_X_COPY
     NF  # the number of operands
 assert len(_FIELDS) == NF
 
@@ -285,7 +288,7 @@ cdef void _needs(rf_index *need, rf_index T, rf_index B, rf_index I, rf_index H,
     need[F_DHP_TB] = TB * K; need[F_DH0] = B * K; need[F_DX] = TB * I; need[F_DW_IH] = GH * I
     need[F_DW_HH] = GH * K; need[F_DW_HR] = K * H; need[F_HBUF] = 2 * B * K; need[F_CBUF] = B * Hp
     need[F_MBUF] = B * H; need[F_ZERO] = max(GH, max(K, H)) + V; need[F_B_IH] = GH; need[F_B_HH] = GH
-    need[F_DB_IH] = GH; need[F_DB_HH] = GH
+    need[F_DB_IH] = GH; need[F_DB_HH] = GH; need[F_X_COPY] = TB * I
 
 
 # A forward's set-up and wind-up around the time loop, in C: the biases folded (0 + b_ih + b_hh in this
@@ -394,6 +397,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.hp_pack = ptr[F_HP_PACK]; c.mp_pack = ptr[F_MP_PACK]; c.dw_ih = ptr[F_DW_IH]; c.dw_hh = ptr[F_DW_HH]
     c.dw_hr = ptr[F_DW_HR]; c.dc0 = ptr[F_DC0]; c.hbuf = ptr[F_HBUF]; c.cbuf = ptr[F_CBUF]
     c.mbuf = ptr[F_MBUF]; c.zero = ptr[F_ZERO]; c.db_ih = ptr[F_DB_IH]; c.db_hh = ptr[F_DB_HH]
+    c.x_copy = ptr[F_X_COPY]
     # an operand of the weight gradients read in place: every group it has is whole, so no row is read past
     if xp_ld and (xp_ld != I or c.x == NULL or I % (uxp * V)):
         raise ValueError("internal: x cannot be read in place")

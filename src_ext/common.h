@@ -199,6 +199,51 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
     }
 }
 
+/* The same tile for an A operand packed k-major: row r of the tile at k is a[k * ak + r] (ak >= R), as the
+ * weight gradient's strip block holds it. One pointer walks the block and the rows are constant offsets
+ * from it; with eight row pointers and a stride the k loop ran out of registers and reloaded some from
+ * the stack every k (measured 1 thread, 8 x 3 tile, K = 248, panel in L1: 152 GFLOP/s against 171 with
+ * rows read in order). The FMA chains are the tile's, so are the bits. */
+#define RF_TILE_P(RR, NVV)                                                          \
+    case (RR) * 8 + (NVV): {                                                        \
+        VEC acc[RR][NVV];                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
+            acc[r][v] = acc_in ? SFX(vload)(out + r * ldo + v * V) : (VEC){0};      \
+        for (rf_index k = 0; k < K; k++, a += ak) {                                 \
+            const REAL *pk = panel + k * ldp;                                       \
+            VEC w[NVV];                                                             \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) {                 \
+                __builtin_prefetch(pk + RF_PREFETCH_ROWS * ldp + v * V);           \
+                w[v] = SFX(vload)(pk + v * V);                                      \
+            }                                                                       \
+            _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++) {                  \
+                const REAL ar = a[r];                                               \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)               \
+                    acc[r][v] += ar * w[v];                                         \
+            }                                                                       \
+        }                                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
+            SFX(vstore)(out + r * ldo + v * V, acc[r][v]);                          \
+        return;                                                                     \
+    }
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_p)(
+        int R, int NV, const REAL *a, rf_index ak, rf_index K, const REAL *panel, rf_index ldp, int acc_in,
+        REAL *out, rf_index ldo) {
+    switch (R * 8 + NV) {
+        RF_TILE_P(1, 1) RF_TILE_P(2, 1) RF_TILE_P(3, 1) RF_TILE_P(4, 1)
+        RF_TILE_P(5, 1) RF_TILE_P(6, 1) RF_TILE_P(7, 1) RF_TILE_P(8, 1)
+        RF_TILE_P(1, 2) RF_TILE_P(2, 2) RF_TILE_P(3, 2) RF_TILE_P(4, 2)
+        RF_TILE_P(5, 2) RF_TILE_P(6, 2) RF_TILE_P(7, 2) RF_TILE_P(8, 2)
+        RF_TILE_P(1, 3) RF_TILE_P(2, 3) RF_TILE_P(3, 3) RF_TILE_P(4, 3)
+        RF_TILE_P(5, 3) RF_TILE_P(6, 3) RF_TILE_P(7, 3) RF_TILE_P(8, 3)
+        RF_TILE_P(1, 4) RF_TILE_P(2, 4) RF_TILE_P(3, 4) RF_TILE_P(4, 4)
+        RF_TILE_P(5, 4) RF_TILE_P(6, 4)
+        default: break;
+    }
+}
+
 /* One row against MG consecutive panel groups (group stride gs) at once, for a thread whose step has a
  * single row (batch 1): the one-row tile has only NV FMA chains, too few to hide the FMA latency, and MG
  * groups give MG*NV. A lone group (MG = 1: a thread's only or last one) runs here too, not in the one-row tile: the
@@ -412,6 +457,49 @@ static RF_INLINE int SFX(any_active)(const rf_ctx *c, rf_index s, rf_index r0, i
     return 0;
 }
 
+
+/* What a step phase's epilogue reads or writes for one tile, asked for (into L2) before the tile's GEMM so
+ * that it arrives while the GEMM runs: the epilogue otherwise met each of these lines as a miss of its own
+ * (the projection xw, dy and the saves of a whole sequence live in L3 or memory), one at a time between
+ * the tiles. A stream is ng gate segments gs apart in rows ld apart, row t*B + b (tb) or b (a per-step
+ * buffer); NULL streams are skipped, and so are arrays under RF_PF_MIN_BYTES (in L2 already: asking cost
+ * RNN mid training 2-5%). The lines a training call writes (saves, dg) are asked for too; an inference's
+ * y is not. Measured 2026-11-24 (2 threads, float32, in-process ABBA, same bits): a profile of RNN big
+ * inference had 26% of the epilogue's time on the load of xw; reads and writes against reads only:
+ * training RNN big -5.5%, GRU big -1.7%, GRU mid -2.2%, LSTM big +1.7%; inference GRU big +1.7% when y is
+ * asked for. */
+#define RF_PF_MIN_BYTES (4 << 20)
+typedef struct {
+    const REAL *p;
+    rf_index ld, gs;
+    int ng, tb;
+} SFX(pfs);
+
+static RF_INLINE void SFX(pf_span)(const REAL *p, rf_index n) {
+    const char *e = (const char *)(p + n);
+    for (const char *a = (const char *)((uintptr_t)p & ~(uintptr_t)63); a < e; a += 64) __builtin_prefetch(a, 0, 2);
+}
+
+static RF_INLINE void SFX(pf_tile)(const rf_ctx *c, rf_index s, rf_index r0, int nr, rf_index j0, rf_index n,
+                                   const SFX(pfs) *st, int ns) {
+    if (nr < 2 || s < 0) return; /* a single row's lines are few and near (batch 1: the latency path) */
+    /* only arrays too large to stay in L2 between steps: the rest are there already */
+    SFX(pfs) big[8];
+    int nb = 0;
+    for (int q = 0; q < ns; q++)
+        if (st[q].p && (st[q].tb ? c->T : c->xw_steps) * c->B * st[q].ld * (rf_index)sizeof(REAL) >= RF_PF_MIN_BYTES)
+            big[nb++] = st[q];
+    if (!nb) return;
+    for (int i = 0; i < nr; i++) {
+        rf_index t, len;
+        if (!SFX(row_at)(c, s, r0 + i, &t, &len)) continue;
+        for (int q = 0; q < nb; q++) {
+            const REAL *row = big[q].p + (big[q].tb ? t * c->B + r0 + i : r0 + i) * big[q].ld + j0;
+            for (int g = 0; g < big[q].ng; g++) SFX(pf_span)(row + g * big[q].gs, n);
+        }
+    }
+}
+
 /* Where the rows of a whole-sequence GEMM live. Without a chunk (c == NULL) row n is A + n*lda and
  * out + n*ldo. With one, row n is loop step s0 + n / nb of batch row b0 + n % nb: it reads x at that row's
  * real time step (reverse, lengths; a padded step reads row t = 0, its result is never used) and writes
@@ -471,6 +559,13 @@ static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo
 
 /* Prologue of every call: the panels, each thread packing its share of every operand's groups. */
 static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
+    if (c->x_copy) { /* a training forward's private copy of x, each thread a share of the rows */
+        rf_index lo, hi;
+        rf_share(sp, c->T * c->B, &lo, &hi);
+        if (hi > lo)
+            memcpy((REAL *)c->x_copy + lo * c->n_in, (const REAL *)c->x + lo * c->n_in,
+                   (size_t)((hi - lo) * c->n_in) * sizeof(REAL));
+    }
     for (int i = 0; i < c->n_packs; i++) {
         const rf_pack_spec *p = &c->packs[i];
         rf_index g_lo, g_hi;
@@ -680,10 +775,20 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
                     const REAL v = sum[(m - st) / V][(m - st) % V];
                     db[m] = n0 ? db[m] + v : v;
                 }
+            /* the next strip's slice of A (or the next block's first), a share of its rows before each GEMM
+             * of this strip: the copy above otherwise waits on each of its rows in turn (lda apart, in L3) */
+            const rf_index nx_n0 = st + SW < m_hi ? n0 : n0 + NB, nx_st = st + SW < m_hi ? st + SW : m_lo;
+            const rf_index nx_nk = nx_n0 < N ? RF_MIN(N - nx_n0, NB) : 0, nx_w = RF_MIN(SW, m_hi - nx_st);
+            const rf_index n_calls = (st_hi - st + RF_RMAX(NV) - 1) / RF_RMAX(NV) * ngrp;
+            rf_index call = 0;
             RF_TILE_ROWS(st, st_hi, NV, r0, nr) {
-                const REAL *Ar[8];
-                for (int i = 0; i < nr; i++) Ar[i] = apack + (r0 - st) + i;
-                for (rf_index grp = 0; grp < ngrp; grp++) {
+                for (rf_index grp = 0; grp < ngrp; grp++, call++) {
+                    for (rf_index k = nx_nk * call / n_calls; k < nx_nk * (call + 1) / n_calls; k++)
+                        SFX(pf_span)(A + (nx_n0 + k) * lda + nx_st, nx_w);
+                    /* the next group's tile of dW, asked for while this one's GEMM runs */
+                    if (grp + 1 < ngrp)
+                        for (int i = 0; i < nr; i++)
+                            SFX(pf_span)(dW + (r0 + i) * ldw + (grp + 1) * NV * V, RF_MIN(NV * V, L - (grp + 1) * NV * V));
                     for (int i = 0; i < nr; i++)
                         for (int sb = 0; sb < ub; sb++) {
                             const rf_index j0 = (grp * ub + sb) * V;
@@ -691,7 +796,9 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
                             VEC v = n0 ? SFX(vload_n)(dW + (r0 + i) * ldw + j0, nl) : SFX(vsplat)(0);
                             SFX(vstore)(tile + (i * NV + sb) * V, v);
                         }
-                    SFX(gemm_tile_x)(nr, NV, Ar, SW, nk, bm + grp * b_grp + n0 * b_row, b_row, 1, tile, NULL, 0);
+                    /* nr <= RF_RMAX(NV): one pass */
+                    SFX(gemm_tile_p)(nr, NV, apack + (r0 - st), SW, nk, bm + grp * b_grp + n0 * b_row, b_row, 1, tile,
+                                     NV * V);
                     for (int i = 0; i < nr; i++)
                         for (int sb = 0; sb < ub; sb++) {
                             const rf_index j0 = (grp * ub + sb) * V;

@@ -242,6 +242,7 @@ const char *rf_simd_path(void) {
 }
 
 #define RF_ROUND(n) (((n) + V - 1) / V * V)
+#define RF_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define RF_NGRP(n, ub) ((((n) + V - 1) / V + (ub) - 1) / (ub))
 
 /* ---- float32 ---- */

@@ -48,6 +48,7 @@ typedef struct {
 
     /* ---- forward inputs ---- */
     const void *x;          /* (T, B, I) */
+    void *x_copy;           /* (T, B, I) or NULL: the forward copies x here (a training call's private copy) */
     const void *wih_pack;   /* panels of w_ih (all G gates), for the input projection */
     int uih;                /* unit blocks per group of wih_pack */
     void *xw;               /* (xw_steps, B, G*H) workspace: x @ w_ih^T (no bias) for a chunk of loop steps */

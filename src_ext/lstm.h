@@ -113,9 +113,14 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
-            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
+                const SFX(pfs) st[6] = {{xws, GH, H, 4, 0}, {proj || !c->training ? NULL : y, K, 0, 1, 1}, {c->training ? g_tb : NULL, GH, H, 4, 1},
+                                        {c->training ? c_tb : NULL, H, 0, 1, 1}, {c->training ? cp_tb : NULL, H, 0, 1, 1},
+                                        {c->training ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
+                SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
                 SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
+            }
             if (!peep && !proj && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
                 rf_index t, len; /* every row at the same time index (no lengths) */
                 SFX(row_at)(c, s, r0, &t, &len);
@@ -203,9 +208,12 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
-            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
+                const SFX(pfs) st[2] = {{c->training ? y : NULL, K, 0, 1, 1}, {c->training ? hp_tb : NULL, K, 0, 1, 1}};
+                SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, K - g_cur * ub * V), st, 2);
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_AHEAD(g_lo, g_hi));
+            }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -303,9 +311,14 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
             A[i] = act1 ? dg_tb + (t1 * B + r0 + i) * GH : zero;
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
-            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
+                const SFX(pfs) st[6] = {{dy, K, 0, 1, 1}, {proj ? dhp_tb : NULL, K, 0, 1, 1}, {proj ? NULL : (const REAL *)c->gates_tb, GH, H, 4, 1},
+                                        {proj ? NULL : (const REAL *)c->c_tb, H, 0, 1, 1}, {proj ? NULL : (const REAL *)c->cprev_tb, H, 0, 1, 1},
+                                        {proj ? NULL : dg_tb, GH, H, 4, 1}};
+                SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, K - g_cur * ub * V), st, 6);
                 SFX(step_gemm)(nr, (int)m, NV, A, GH, panel, g_cur, out,
                                 RF_STEP_AHEAD(g_lo, g_hi));
+            }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -348,9 +361,13 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
             A[i] = SFX(row_at)(c, s, r0 + i, &t, &len) ? dhp_tb + (t * B + r0 + i) * K : zero;
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
-            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
+                const SFX(pfs) st[4] = {{(const REAL *)c->gates_tb, GH, H, 4, 1}, {(const REAL *)c->c_tb, H, 0, 1, 1},
+                                        {(const REAL *)c->cprev_tb, H, 0, 1, 1}, {(const REAL *)c->dg_tb, GH, H, 4, 1}};
+                SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 4);
                 SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
                                 RF_STEP_AHEAD(g_lo, g_hi));
+            }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;

@@ -18,9 +18,13 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *s
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
-            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
+                const SFX(pfs) st[4] = {{xws, H, 0, 1, 0}, {c->training ? y : NULL, H, 0, 1, 1},
+                                        {c->training ? g_tb : NULL, H, 0, 1, 1}, {c->training ? hp_tb : NULL, H, 0, 1, 1}};
+                SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 4);
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
+            }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
@@ -87,9 +91,12 @@ static RF_INLINE void SFX(rnn_bwd_step)(const rf_ctx *c, rf_index s, const rf_sp
             A[i] = SFX(row_at)(c, s + 1, r0 + i, &t1, &len1) ? dg_tb + (t1 * B + r0 + i) * H : zero;
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
-            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr)))
+            if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
+                const SFX(pfs) st[3] = {{dy, H, 0, 1, 1}, {g_tb, H, 0, 1, 1}, {dg_tb, H, 0, 1, 1}};
+                SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 3);
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_AHEAD(g_lo, g_hi));
+            }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
                 rf_index t, len;
