@@ -506,6 +506,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
 
     y = _new((T, B, K), dtype)
     x_copy = None
+    hp_shared = False
     bufs = {}
     wpacks = {}
     owners = []  # pooled arrays that `saved` will hold
@@ -534,8 +535,21 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             for name, (src, off, n_out, n_red) in _backward_weight_panels(
                     cell, mode, proj, H, K, I, G, w_ih, w_hh, w_hr).items():
                 wpacks[name] = _pack(packs, src, off, 0, 1, n_out, 1, n_out, n_red, dtype, owners)
-            bufs["gates_tb"] = _pooled((T, B, GH), dtype, owners)
-            bufs["hprev_tb"] = _pooled((T, B, K), dtype, owners)
+            hp_shared = cell == "rnn" and lengths is None
+            if hp_shared:
+                # An RNN's saved gates are its states h_t and hprev_tb holds h_{t-1}: one buffer of the T + 1
+                # states in processing order, h0 first, serves both (one stream of stores fewer)
+                states = _pooled((T + 1, B, K), dtype, owners)
+                first, rest = (states[T], states[:T]) if reverse else (states[0], states[1:])
+                bufs["gates_tb"] = rest
+                bufs["hprev_tb"] = states[1:] if reverse else states[:T]
+                if h0 is None:
+                    first.fill(0)
+                else:
+                    np.copyto(first, h0)
+            else:
+                bufs["gates_tb"] = _pooled((T, B, GH), dtype, owners)
+                bufs["hprev_tb"] = _pooled((T, B, K), dtype, owners)
             if cell == "lstm":
                 bufs["c_tb"] = _pooled((T, B, H), dtype, owners)
                 bufs["cprev_tb"] = _pooled((T, B, H), dtype, owners)
@@ -547,7 +561,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
                      _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
-                     split=_split(cell, B, H, K, training, False))
+                     split=_split(cell, B, H, K, training, False), hp_shared=hp_shared)
     saved = None
     if training:
         saved = _Saved()

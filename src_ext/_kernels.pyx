@@ -20,7 +20,7 @@ cdef extern from "kernels.h" nogil:
     enum: RF_MAX_PACKS
     ctypedef struct rf_ctx:
         rf_index T, B, n_in, H, K, G
-        int reverse, mode, training, proj, n_threads, split
+        int reverse, mode, training, proj, n_threads, split, hp_shared
         const int64_t *lengths
         rf_pack_spec packs[RF_MAX_PACKS]
         int n_packs
@@ -339,7 +339,8 @@ cdef void _wind_up(const real *hlast, real *h_n, const real *cbuf, real *c_n, rf
 def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
-        rf_index xw_steps=0, int split=0, rf_index xp_ld=0, rf_index hp_ld=0, rf_index mp_ld=0):
+        rf_index xw_steps=0, int split=0, rf_index xp_ld=0, rf_index hp_ld=0, rf_index mp_ld=0,
+        bint hp_shared=False):
     """Run one time loop. `a` maps operand names (_FIELDS: the rf_ctx pointer fields, b_ih / b_hh, h0 / c0 /
     h_n / c_n) to arrays (or None), plus "packs"; every array must already have its documented shape
     (rnnfast/ops.py guarantees it)."""
@@ -363,6 +364,9 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     if split not in (0, 1, 2):
         raise ValueError(f"internal: split {split} is not 0, 1 or 2")
     c.split = split
+    if hp_shared and (cell != "rnn" or backward or not training or a.get("lengths") is not None):
+        raise ValueError("internal: hp_shared is for an RNN training forward without lengths")
+    c.hp_shared = hp_shared
     # every array the loops index must hold at least the elements they touch (sizes are 64-bit)
     _needs(need, T, B, I, H, K, G, V, xw_steps)
     memset(ptr, 0, sizeof(ptr))

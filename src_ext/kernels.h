@@ -42,6 +42,8 @@ typedef struct {
     int proj;               /* LSTM with projection (K = P < H) */
     int n_threads;
     int split;              /* 0: the default rule (kernels.c), 1: batch rows per thread, 2: hidden units */
+    int hp_shared;          /* RNN training: hprev_tb is gates_tb one step back in processing order (one
+                               buffer of T + 1 states), so the forward stores no copy of h_{t-1} */
     const int64_t *lengths; /* (B,) valid steps per row, or NULL for T everywhere */
     rf_pack_spec packs[RF_MAX_PACKS];  /* panels to fill before anything else */
     int n_packs;
