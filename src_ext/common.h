@@ -464,7 +464,6 @@ static RF_INLINE int SFX(any_active)(const rf_ctx *c, rf_index s, rf_index r0, i
     return 0;
 }
 
-
 /* What a step phase's epilogue reads or writes for one tile, asked for (into L2) before the tile's GEMM so
  * that it arrives while the GEMM runs: the epilogue otherwise met each of these lines as a miss of its own
  * (the projection xw, dy and the saves of a whole sequence live in L3 or memory), one at a time between

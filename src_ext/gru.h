@@ -66,8 +66,10 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const SFX(pfs) st[5] = {{xws, GH, H, Gs, 0}, {after && c->training ? y : NULL, H, 0, 1, 1}, {c->training ? g_tb : NULL, GH, H, Gs, 1},
-                                        {c->training ? hp_tb : NULL, H, 0, 1, 1}, {c->training ? m_tb : NULL, H, 0, 1, 1}};
+                const int tr = c->training;
+                const SFX(pfs) st[5] = {{xws, GH, H, Gs, 0}, {after && tr ? y : NULL, H, 0, 1, 1},
+                                        {tr ? g_tb : NULL, GH, H, Gs, 1}, {tr ? hp_tb : NULL, H, 0, 1, 1},
+                                        {tr ? m_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 5);
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
@@ -159,7 +161,8 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const SFX(pfs) st[3] = {{xws + 2 * H, GH, 0, 1, 0}, {c->training ? y : NULL, H, 0, 1, 1}, {c->training ? g_tb + 2 * H : NULL, GH, 0, 1, 1}};
+                const SFX(pfs) st[3] = {{xws + 2 * H, GH, 0, 1, 0}, {c->training ? y : NULL, H, 0, 1, 1},
+                                        {c->training ? g_tb + 2 * H : NULL, GH, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 3);
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_AHEAD(g_lo, g_hi));
@@ -237,7 +240,8 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
                 const SFX(pfs) st[6] = {{dy, H, 0, 1, 1}, {g_tb, GH, H, 3, 1}, {hp_tb, H, 0, 1, 1},
-                                        {after ? m_tb : NULL, H, 0, 1, 1}, {dg_tb, GH, H, 3, 1}, {after ? dgh_tb : NULL, GH, H, 3, 1}};
+                                        {after ? m_tb : NULL, H, 0, 1, 1}, {dg_tb, GH, H, 3, 1},
+                                        {after ? dgh_tb : NULL, GH, H, 3, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
                 SFX(step_gemm)(nr, (int)m, NV, A, Kq, panel, g_cur, out,
                                 RF_STEP_AHEAD(g_lo, g_hi));

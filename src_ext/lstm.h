@@ -114,9 +114,11 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const SFX(pfs) st[6] = {{xws, GH, H, 4, 0}, {proj || !c->training ? NULL : y, K, 0, 1, 1}, {c->training ? g_tb : NULL, GH, H, 4, 1},
-                                        {c->training ? c_tb : NULL, H, 0, 1, 1}, {c->training ? cp_tb : NULL, H, 0, 1, 1},
-                                        {c->training ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
+                const int tr = c->training;
+                const SFX(pfs) st[6] = {{xws, GH, H, 4, 0}, {proj || !tr ? NULL : y, K, 0, 1, 1},
+                                        {tr ? g_tb : NULL, GH, H, 4, 1}, {tr ? c_tb : NULL, H, 0, 1, 1},
+                                        {tr ? cp_tb : NULL, H, 0, 1, 1},
+                                        {tr ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
                 SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
@@ -209,7 +211,8 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const SFX(pfs) st[2] = {{c->training ? y : NULL, K, 0, 1, 1}, {c->training ? hp_tb : NULL, K, 0, 1, 1}};
+                const SFX(pfs) st[2] = {{c->training ? y : NULL, K, 0, 1, 1},
+                                        {c->training ? hp_tb : NULL, K, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, K - g_cur * ub * V), st, 2);
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_AHEAD(g_lo, g_hi));
@@ -312,8 +315,10 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
         }
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const SFX(pfs) st[6] = {{dy, K, 0, 1, 1}, {proj ? dhp_tb : NULL, K, 0, 1, 1}, {proj ? NULL : (const REAL *)c->gates_tb, GH, H, 4, 1},
-                                        {proj ? NULL : (const REAL *)c->c_tb, H, 0, 1, 1}, {proj ? NULL : (const REAL *)c->cprev_tb, H, 0, 1, 1},
+                const SFX(pfs) st[6] = {{dy, K, 0, 1, 1}, {proj ? dhp_tb : NULL, K, 0, 1, 1},
+                                        {proj ? NULL : (const REAL *)c->gates_tb, GH, H, 4, 1},
+                                        {proj ? NULL : (const REAL *)c->c_tb, H, 0, 1, 1},
+                                        {proj ? NULL : (const REAL *)c->cprev_tb, H, 0, 1, 1},
                                         {proj ? NULL : dg_tb, GH, H, 4, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, K - g_cur * ub * V), st, 6);
                 SFX(step_gemm)(nr, (int)m, NV, A, GH, panel, g_cur, out,

@@ -20,7 +20,8 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *s
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
                 const SFX(pfs) st[4] = {{xws, H, 0, 1, 0}, {c->training ? y : NULL, H, 0, 1, 1},
-                                        {c->training ? g_tb : NULL, H, 0, 1, 1}, {c->training && !c->hp_shared ? hp_tb : NULL, H, 0, 1, 1}};
+                                        {c->training ? g_tb : NULL, H, 0, 1, 1},
+                                        {c->training && !c->hp_shared ? hp_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 4);
                 SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
