@@ -165,18 +165,31 @@ static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(
                     acc[r][v] += a * w[v];                                          \
             }                                                                       \
         }
-#define RF_TILE(RR, NVV)                                                            \
+/* One case of a tile function's switch: the accumulators (from out with acc_in), then the k loop (written
+ * between the two halves, not passed as a macro argument: a _Pragma in an argument is expanded early and
+ * may not reach its loop), then the store. */
+#define RF_TILE_BEGIN(RR, NVV)                                                      \
     case (RR) * 8 + (NVV): {                                                        \
         VEC acc[RR][NVV];                                                           \
         _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
         _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
-            acc[r][v] = acc_in ? SFX(vload)(out + r * ldo + v * V) : (VEC){0};      \
-        if (pf_n > 0) RF_TILE_LOOP(RR, NVV, 1) else RF_TILE_LOOP(RR, NVV, 0)        \
+            acc[r][v] = acc_in ? SFX(vload)(out + r * ldo + v * V) : (VEC){0};
+#define RF_TILE_END(RR, NVV)                                                        \
         _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
         _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
             SFX(vstore)(out + r * ldo + v * V, acc[r][v]);                          \
         return;                                                                     \
     }
+#define RF_TILE(RR, NVV)                                                            \
+    RF_TILE_BEGIN(RR, NVV)                                                          \
+    if (pf_n > 0) RF_TILE_LOOP(RR, NVV, 1) else RF_TILE_LOOP(RR, NVV, 0)            \
+    RF_TILE_END(RR, NVV)
+/* The tile shapes (rows, vectors) the tile functions have: up to 8 rows of 1-3 vectors, 6 of 4. */
+#define RF_TILE_SHAPES(X)                                                           \
+    X(1, 1) X(2, 1) X(3, 1) X(4, 1) X(5, 1) X(6, 1) X(7, 1) X(8, 1)                 \
+    X(1, 2) X(2, 2) X(3, 2) X(4, 2) X(5, 2) X(6, 2) X(7, 2) X(8, 2)                 \
+    X(1, 3) X(2, 3) X(3, 3) X(4, 3) X(5, 3) X(6, 3) X(7, 3) X(8, 3)                 \
+    X(1, 4) X(2, 4) X(3, 4) X(4, 4) X(5, 4) X(6, 4)
 
 /* Out of line and multi-versioned on its own: inlining its 24 variants into every phase would multiply
  * compile time without changing speed (a tile runs K iterations; the call is noise). The panel has row
@@ -187,14 +200,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
         int acc_in, REAL *out, rf_index ldo, const char *pf, rf_index pf_n) {
     const char *pfp = pf, *pf_end = pf_n > 0 ? pf + (pf_n - 1) * 64 : pf;
     switch (R * 8 + NV) {
-        RF_TILE(1, 1) RF_TILE(2, 1) RF_TILE(3, 1) RF_TILE(4, 1)
-        RF_TILE(5, 1) RF_TILE(6, 1) RF_TILE(7, 1) RF_TILE(8, 1)
-        RF_TILE(1, 2) RF_TILE(2, 2) RF_TILE(3, 2) RF_TILE(4, 2)
-        RF_TILE(5, 2) RF_TILE(6, 2) RF_TILE(7, 2) RF_TILE(8, 2)
-        RF_TILE(1, 3) RF_TILE(2, 3) RF_TILE(3, 3) RF_TILE(4, 3)
-        RF_TILE(5, 3) RF_TILE(6, 3) RF_TILE(7, 3) RF_TILE(8, 3)
-        RF_TILE(1, 4) RF_TILE(2, 4) RF_TILE(3, 4) RF_TILE(4, 4)
-        RF_TILE(5, 4) RF_TILE(6, 4)
+        RF_TILE_SHAPES(RF_TILE)
         default: break;
     }
 }
@@ -211,12 +217,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
 #ifndef RF_PREFETCH_ROWS_P
 #define RF_PREFETCH_ROWS_P 8
 #endif
-#define RF_TILE_P(RR, NVV)                                                          \
-    case (RR) * 8 + (NVV): {                                                        \
-        VEC acc[RR][NVV];                                                           \
-        _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
-            acc[r][v] = acc_in ? SFX(vload)(out + r * ldo + v * V) : (VEC){0};      \
+#define RF_TILE_PLOOP(RR, NVV)                                                      \
         for (rf_index k = 0; k < K; k++, a += ak) {                                 \
             const REAL *pk = panel + k * ldp;                                       \
             VEC w[NVV];                                                             \
@@ -229,24 +230,13 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
                 _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)               \
                     acc[r][v] += ar * w[v];                                         \
             }                                                                       \
-        }                                                                           \
-        _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                        \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                       \
-            SFX(vstore)(out + r * ldo + v * V, acc[r][v]);                          \
-        return;                                                                     \
-    }
+        }
+#define RF_TILE_P(RR, NVV) RF_TILE_BEGIN(RR, NVV) RF_TILE_PLOOP(RR, NVV) RF_TILE_END(RR, NVV)
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_p)(
         int R, int NV, const REAL *a, rf_index ak, rf_index K, const REAL *panel, rf_index ldp, int acc_in,
         REAL *out, rf_index ldo) {
     switch (R * 8 + NV) {
-        RF_TILE_P(1, 1) RF_TILE_P(2, 1) RF_TILE_P(3, 1) RF_TILE_P(4, 1)
-        RF_TILE_P(5, 1) RF_TILE_P(6, 1) RF_TILE_P(7, 1) RF_TILE_P(8, 1)
-        RF_TILE_P(1, 2) RF_TILE_P(2, 2) RF_TILE_P(3, 2) RF_TILE_P(4, 2)
-        RF_TILE_P(5, 2) RF_TILE_P(6, 2) RF_TILE_P(7, 2) RF_TILE_P(8, 2)
-        RF_TILE_P(1, 3) RF_TILE_P(2, 3) RF_TILE_P(3, 3) RF_TILE_P(4, 3)
-        RF_TILE_P(5, 3) RF_TILE_P(6, 3) RF_TILE_P(7, 3) RF_TILE_P(8, 3)
-        RF_TILE_P(1, 4) RF_TILE_P(2, 4) RF_TILE_P(3, 4) RF_TILE_P(4, 4)
-        RF_TILE_P(5, 4) RF_TILE_P(6, 4)
+        RF_TILE_SHAPES(RF_TILE_P)
         default: break;
     }
 }
