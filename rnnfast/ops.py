@@ -414,9 +414,15 @@ class _Saved:
 # forward
 
 
+def _may_be_users(a, user):
+    """Whether a may be (or view) the memory of what the user passed: a itself, a view of it, or the
+    buffer of a non-numpy object a was made from."""
+    return a is user or not isinstance(user, np.ndarray) or np.may_share_memory(a, user)
+
+
 def _private(a, user, owners):
     """a itself if it is already a private copy of the user's array, else a copy (in a pooled array)."""
-    if a is None or (a is not user and not np.may_share_memory(a, user)):
+    if a is None or not _may_be_users(a, user):
         return a
     p = _pooled(a.shape, a.dtype, owners)
     np.copyto(p, a)
@@ -540,8 +546,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 # An RNN's saved gates are its states h_t and hprev_tb holds h_{t-1}: one buffer of the T + 1
                 # states in processing order, h0 first, serves both (one stream of stores fewer)
                 states = _pooled((T + 1, B, K), dtype, owners)
-                first, rest = (states[T], states[:T]) if reverse else (states[0], states[1:])
-                bufs["gates_tb"] = rest
+                first = states[T] if reverse else states[0]
+                bufs["gates_tb"] = states[:T] if reverse else states[1:]
                 bufs["hprev_tb"] = states[1:] if reverse else states[:T]
                 if h0 is None:
                     first.fill(0)
@@ -556,7 +562,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             if proj or cell == "gru":
                 bufs["m_tb"] = _pooled((T, B, H), dtype, owners)
             a.update(bufs)
-            if x is user[0] or not isinstance(user[0], np.ndarray) or np.may_share_memory(x, user[0]):
+            if _may_be_users(x, user[0]):
                 # backward's private copy of x (see _private), made by the kernel's threads on their way in
                 a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
@@ -567,11 +573,8 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         saved = _Saved()
         saved.cell, saved.dtype, saved.mode, saved.reverse, saved.lengths = cell, dtype, mode, reverse, lengths
         saved.T, saved.B, saved.I, saved.H, saved.K, saved.G = T, B, I, H, K, G
-        saved.x, saved.w_peep = (
-            _private(a, u, owners) if isinstance(u, np.ndarray) or a is None else _private(a, a, owners)
-            for a, u in ((x if x_copy is None else None, user[0]), (w_peep, user[4])))
-        if x_copy is not None:
-            saved.x = x_copy
+        saved.x = x_copy if x_copy is not None else _private(x, user[0], owners)
+        saved.w_peep = _private(w_peep, user[4], owners)
         saved.proj = proj
         saved.wpacks = wpacks
         saved.has_bias = (b_ih is not None, b_hh is not None)
