@@ -61,11 +61,10 @@ static RF_INLINE VEC SFX(vselect)(IVEC mask, VEC a, VEC b) {
 #if RF_IS_FLOAT
 #define RF_EXP_LO -86.0f
 #define RF_EXP_HI 88.0f
-#define RF_EXP_MAGIC 12582912.0f /* 1.5 * 2^23: adding it rounds to an integer */
+#define RF_EXP_MAGIC 12583039.0f /* 1.5 * 2^23 + 127: adding it rounds to an integer, see vexp_parts */
 #define RF_LOG2E 1.44269504088896341f
 #define RF_LN2_HI 0.693359375f
 #define RF_LN2_LO -2.12194440e-4f
-#define RF_EXP_BIAS 127
 #define RF_MANT_BITS 23
 #define RF_EXP_OVERFLOW -88.72f /* below it exp(-x) overflows: the sigmoid is 0 there, as 1/(1+inf) is */
 static RF_INLINE VEC SFX(expm1_poly)(VEC r) {
@@ -79,11 +78,10 @@ static RF_INLINE VEC SFX(expm1_poly)(VEC r) {
 #else
 #define RF_EXP_LO -708.0
 #define RF_EXP_HI 709.0
-#define RF_EXP_MAGIC 6755399441055744.0 /* 1.5 * 2^52 */
+#define RF_EXP_MAGIC 6755399441056767.0 /* 1.5 * 2^52 + 1023 */
 #define RF_LOG2E 1.4426950408889634074
 #define RF_LN2_HI 6.93147180369123816490e-01
 #define RF_LN2_LO 1.90821492927058770002e-10
-#define RF_EXP_BIAS 1023
 #define RF_MANT_BITS 52
 #define RF_EXP_OVERFLOW -709.78
 static RF_INLINE VEC SFX(expm1_poly)(VEC r) {
@@ -94,24 +92,35 @@ static RF_INLINE VEC SFX(expm1_poly)(VEC r) {
     return p;
 }
 #endif
-static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale) {
+/* The magic number is 1.5 * 2^mant + bias: t = x log2e + magic lies in [2^mant, 2^(mant+1)), where the float
+ * spacing is 1, so its low mantissa bits hold the integer bias + n (in [2, 2 bias], clamp) and shifting t's bits
+ * left by mant puts exactly those in the exponent field: scale = 2^n in one shift (the rest of t shifts out).
+ * The odd bias does not move the rounding of x log2e to n: that product (one rounding, in an FMA) is never
+ * a half-integer for |x| < 2^22. upper = 0 for an x known to be <= 0 (or NaN): no upper clamp. */
+static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale, int upper) {
     const VEC lo = SFX(vsplat)(RF_EXP_LO), hi = SFX(vsplat)(RF_EXP_HI), magic = SFX(vsplat)(RF_EXP_MAGIC);
     x = SFX(vselect)(x < lo, lo, x);
-    x = SFX(vselect)(x > hi, hi, x);
+    if (upper) x = SFX(vselect)(x > hi, hi, x);
     VEC t = x * (REAL)RF_LOG2E + magic;
     VEC n = t - magic;
     VEC r = x - n * (REAL)RF_LN2_HI;
     r = r - n * (REAL)RF_LN2_LO;
-    IVEC ni = (IVEC)t - (IVEC)magic;
-    *scale = (VEC)((ni + RF_EXP_BIAS) << RF_MANT_BITS);
+    *scale = (VEC)((IVEC)t << RF_MANT_BITS);
     return SFX(expm1_poly)(r) * (r * r) + r;
 }
-/* The sigmoid as 1 / d: returns d (inf where the sigmoid is 0), for a caller that folds the division into
- * another one (vsigmoid divides). The select on the denominator (1/inf = 0), not on the quotient: selecting
- * the quotient, GCC divided twice (once masked). */
+/* The sigmoid as 1 / d: returns d, for a caller that folds the division into another one (vsigmoid
+ * divides). Where exp(-x) overflows the sigmoid is 0: below RF_EXP_OVERFLOW d is inf (a select on the
+ * denominator, not on the quotient: selecting the quotient, GCC divided twice), except where the kernel
+ * threads flush subnormals (RF_FLUSH_SUBNORMALS, x86): there d stays at 1 + e^hi (the clamp), whose
+ * reciprocal (and that of d times the tanh denominators in [1, 2], which stays finite) is subnormal and
+ * reads as 0 all the same, without the select. */
 static RF_INLINE VEC SFX(vsigmoid_den)(VEC x) {
-    VEC scale, q = SFX(vexp_parts)(-x, &scale);
+    VEC scale, q = SFX(vexp_parts)(-x, &scale, 1);
+#ifdef RF_FLUSH_SUBNORMALS
+    return (REAL)1 + (scale + scale * q);
+#else
     return SFX(vselect)(x < (REAL)RF_EXP_OVERFLOW, SFX(vsplat)(__builtin_inf()), (REAL)1 + (scale + scale * q));
+#endif
 }
 static RF_INLINE VEC SFX(vsigmoid)(VEC x) { return (REAL)1 / SFX(vsigmoid_den)(x); }
 /* tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)): no cancellation near 0, no overflow for large |x|. As *n / d
@@ -119,7 +128,7 @@ static RF_INLINE VEC SFX(vsigmoid)(VEC x) { return (REAL)1 / SFX(vsigmoid_den)(x
 static RF_INLINE VEC SFX(vtanh_nd)(VEC x, VEC *n) {
     IVEC signbit = (IVEC)x & (IVEC)SFX(vsplat)(-0.0);
     VEC a = (VEC)((IVEC)x & ~(IVEC)SFX(vsplat)(-0.0));
-    VEC scale, q = SFX(vexp_parts)((REAL)-2 * a, &scale);
+    VEC scale, q = SFX(vexp_parts)((REAL)-2 * a, &scale, 0);
     VEC em1 = scale * q + (scale - (REAL)1);
     *n = (VEC)((IVEC)((REAL)0 - em1) | signbit); /* 0 - em1, not -em1: tanh(+0) = +0 */
     return (REAL)2 + em1;
@@ -134,7 +143,6 @@ static RF_INLINE VEC SFX(vtanh)(VEC x) {
 #undef RF_LOG2E
 #undef RF_LN2_HI
 #undef RF_LN2_LO
-#undef RF_EXP_BIAS
 #undef RF_MANT_BITS
 #undef RF_EXP_OVERFLOW
 /* relu that keeps NaN (x < 0 is false for NaN). */

@@ -165,6 +165,7 @@ static RF_INLINE void rf_sync_all(rf_split *sp) {
  * same bits). A value below the smallest normal number (1.2e-38 in float32, 2.2e-308 in float64) reads and
  * is written as 0; nothing else changes. */
 #if defined(__SSE__) || defined(__x86_64__)
+#define RF_FLUSH_SUBNORMALS 1
 static inline unsigned rf_flush_on(void) {
     const unsigned old = _mm_getcsr();
     _mm_setcsr(old | 0x8040u); /* FTZ (bit 15) | DAZ (bit 6) */
