@@ -95,8 +95,10 @@ static RF_INLINE VEC SFX(expm1_poly)(VEC r) {
 /* The magic number is 1.5 * 2^mant + bias: t = x log2e + magic lies in [2^mant, 2^(mant+1)), where the float
  * spacing is 1, so its low mantissa bits hold the integer bias + n (in [2, 2 bias], clamp) and shifting t's bits
  * left by mant puts exactly those in the exponent field: scale = 2^n in one shift (the rest of t shifts out).
- * The odd bias does not move the rounding of x log2e to n: that product (one rounding, in an FMA) is never
- * a half-integer for |x| < 2^22. upper = 0 for an x known to be <= 0 (or NaN): no upper clamp. */
+ * The odd bias does not move the rounding of x log2e to n where it is one FMA: the exact product is never a
+ * half-integer for |x| < 2^22 (2^51 in float64). Without FMA (the baseline build) a product rounded to a
+ * half-integer may round to the other neighbour, an n one off: |r| is then ln2/2, still the polynomial's
+ * range. upper = 0 for an x known to be <= 0 (or NaN): no upper clamp. */
 static RF_INLINE VEC SFX(vexp_parts)(VEC x, VEC *scale, int upper) {
     const VEC lo = SFX(vsplat)(RF_EXP_LO), hi = SFX(vsplat)(RF_EXP_HI), magic = SFX(vsplat)(RF_EXP_MAGIC);
     x = SFX(vselect)(x < lo, lo, x);

@@ -5,7 +5,7 @@
  * (see lstm_fwd_epi). With sigmoid = 1 / d and tanh = n / d: i * g = n_g r and o * tanh c = n_c s, where
  * r = 1 / (d_i d_g) and s = 1 / (d_o d_c); three divisions a unit instead of five (four in training, which
  * also keeps i = d_g r, g = n_g / d_g, o = d_c s, with i and o exactly 1 where d_i, d_o are). Where the
- * sigmoid is 0, d_i, d_o are inf, or 1 + e^88 in float32 with subnormals flushed (vsigmoid_den), and r, s
+ * sigmoid is 0, d_i, d_o are inf, or 1 + e^hi with subnormals flushed (vsigmoid_den), and r, s
  * are 0 either way; d_g, d_c lie in [1, 2], so the finite products do not overflow.
  * First half: from the pre-activations pre (i, f, g, o; the peephole terms of i and f already added), f,
  * i * g and d_o (with o_later, o's pre-activation, which waits for its peephole term). Training (g not
