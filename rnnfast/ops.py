@@ -282,6 +282,17 @@ _XW_CHUNK_BYTES = 1 << 20
 _XW_WHOLE_BYTES = 8 << 20
 
 
+# LSTM, RNN and GRU reset_after with this many batch rows or more fuse the input projection into the steps
+# (kernels.h, fuse_x; common.h, fused_gemm): each step tile sums x_t @ w_ih^T and then h @ w_hh^T in the same
+# accumulators (GRU's n gate keeps its x term apart), and no xw buffer is written and read back. A rule on
+# the shapes alone, so that the bits do not depend on the thread count (they do depend on B: a row run alone
+# projects in chunks). Measured 2026-11-24 (2 threads, float32, in-process ABBA against chunks; mid B = 32,
+# big B = 64): inference LSTM mid -2.3%, big -5.3%; GRU mid -4.4%, big -3.9%; RNN mid -8%, big -3.6%;
+# training (forward + backward) LSTM big -2.7%, GRU big -2.8%, RNN big -2.1%, mid -2.6%. At B = 16 (wide:
+# the hidden split, few rows for each panel read from L3 every step) LSTM inference was +8%: wide keeps chunks.
+_FUSE_X_MIN_ROWS = 32
+
+
 def _xw_steps(T, B, GH, itemsize):
     step = B * GH * itemsize
     if T * step <= _XW_WHOLE_BYTES:
@@ -431,16 +442,18 @@ def _private(a, user, owners):
 
 def _make_plan(cell, dtype, T, B, I, H, K, G, after, proj, no_bias):
     """What a forward's kernel call needs besides the caller's arrays: xw_steps, the panels' unit blocks
-    (ub, ub2, uih), the workspaces by operand name, and the pack specs (source name, then the _pack spec
-    without its source)."""
+    (ub, ub2, uih), whether the steps fuse the input projection (fuse_x), the workspaces by operand name, and
+    the pack specs (source name, then the _pack spec without its source)."""
     GH, V = G * H, _kernels.lanes(dtype)
     xw_steps = _xw_steps(T, B, GH, dtype.itemsize)
+    fuse_x = (cell in ("lstm", "rnn") or after) and B >= _FUSE_X_MIN_ROWS
     specs = []
     names = ["w_ih", "w_hh"]
     wih_pack, uih = _pack(specs, None, 0, H * I, I, 1, G, H, I, dtype)
     Gs = 2 if cell == "gru" and not after else G
     w_pack, ub = _pack(specs, None, 0, H * K, K, 1, Gs, H, K, dtype)
     w2_pack, ub2 = None, 1
+    fuse_x = fuse_x and uih == ub
     if proj:
         w2_pack, ub2 = _pack(specs, None, 0, 0, H, 1, 1, K, H, dtype)
         names.append("w_hr")
@@ -449,11 +462,11 @@ def _make_plan(cell, dtype, T, B, I, H, K, G, after, proj, no_bias):
         names.append("w_hh")
     work = dict(wih_pack=wih_pack, w_pack=w_pack, w2_pack=w2_pack,
                 # filled chunk by chunk inside the kernel's parallel region
-                xw=_scratch("xw", (xw_steps, B, GH), dtype),
+                xw=None if fuse_x else _scratch("xw", (xw_steps, B, GH), dtype),
                 bias=None if no_bias else _scratch("bias", (GH,), dtype),
                 hbuf=_scratch("hbuf", (2, B, K), dtype), cbuf=_scratch("cbuf", (B, _round_up(H, V)), dtype),
                 mbuf=_scratch("mbuf", (B, H), dtype) if (proj or (cell == "gru" and not after)) else None)
-    return xw_steps, ub, ub2, uih, work, [(n, spec[1:]) for n, spec in zip(names, specs)]
+    return xw_steps, ub, ub2, uih, fuse_x, work, [(n, spec[1:]) for n, spec in zip(names, specs)]
 
 
 # An inference call's plan (its workspaces, panel layout and pack specs, _make_plan) is kept per thread for
@@ -477,7 +490,7 @@ def _plan_put(key, plan):
     if key is None or pool is None:
         return
     bases = {id(b.base) for b in pool.values()}
-    if any(a is not None and id(a.base) not in bases for a in plan[4].values()):
+    if any(a is not None and id(a.base) not in bases for a in plan[5].values()):
         return
     kept = getattr(_scratch_tls, "plans", None)
     if kept is None or kept[0] is not pool:
@@ -530,7 +543,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         if plan is None:
             plan = _make_plan(cell, dtype, T, B, I, H, K, G, after, proj, b_ih is None and b_hh is None)
             _plan_put(key, plan)
-        xw_steps, ub, ub2, uih, work, pack_specs = plan
+        xw_steps, ub, ub2, uih, fuse_x, work, pack_specs = plan
         srcs = {"w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr}
         packs = [(srcs[name],) + spec for name, spec in pack_specs]
         a = dict(work, packs=packs, x=x, b_ih=b_ih, b_hh=b_hh, peep=w_peep, y=y, h0=h0, c0=c0, h_n=h_n, c_n=c_n,
@@ -567,7 +580,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
                      _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
-                     split=_split(cell, B, H, K, training, False), hp_shared=hp_shared)
+                     split=_split(cell, B, H, K, training, False), hp_shared=hp_shared, fuse_x=fuse_x)
     saved = None
     if training:
         saved = _Saved()

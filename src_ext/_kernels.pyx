@@ -30,6 +30,7 @@ cdef extern from "kernels.h" nogil:
         int uih
         void *xw
         rf_index xw_steps
+        int fuse_x
         const void *bias
         const void *b_hn
         const void *peep
@@ -340,7 +341,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
         rf_index xw_steps=0, int split=0, rf_index xp_ld=0, rf_index hp_ld=0, rf_index mp_ld=0,
-        bint hp_shared=False):
+        bint hp_shared=False, bint fuse_x=False):
     """Run one time loop. `a` maps operand names (_FIELDS: the rf_ctx pointer fields, b_ih / b_hh, h0 / c0 /
     h_n / c_n) to arrays (or None), plus "packs"; every array must already have its documented shape
     (rnnfast/ops.py guarantees it)."""
@@ -367,6 +368,9 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     if hp_shared and (cell != "rnn" or backward or not training or a.get("lengths") is not None):
         raise ValueError("internal: hp_shared is for an RNN training forward without lengths")
     c.hp_shared = hp_shared
+    if fuse_x and (backward or (cell == "gru" and mode != 1) or uih != ub or B < 2):
+        raise ValueError("internal: fuse_x is for a forward of LSTM, RNN or GRU reset_after, B >= 2, uih == ub")
+    c.fuse_x = fuse_x
     # every array the loops index must hold at least the elements they touch (sizes are 64-bit)
     _needs(need, T, B, I, H, K, G, V, xw_steps)
     memset(ptr, 0, sizeof(ptr))
@@ -402,6 +406,8 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.dw_hr = ptr[F_DW_HR]; c.dc0 = ptr[F_DC0]; c.hbuf = ptr[F_HBUF]; c.cbuf = ptr[F_CBUF]
     c.mbuf = ptr[F_MBUF]; c.zero = ptr[F_ZERO]; c.db_ih = ptr[F_DB_IH]; c.db_hh = ptr[F_DB_HH]
     c.x_copy = ptr[F_X_COPY]
+    if not backward and T > 0 and B > 0 and (c.x == NULL or (not fuse_x and c.xw == NULL)):
+        raise ValueError("internal: a forward needs x, and xw unless it fuses the projection")
     # an operand of the weight gradients read in place: every group it has is whole, so no row is read past
     if xp_ld and (xp_ld != I or c.x == NULL or I % (uxp * V)):
         raise ValueError("internal: x cannot be read in place")

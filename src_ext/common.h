@@ -384,14 +384,21 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
  * L3 or memory for the whole panel; within L2 the extra requests only cost (measured 1 thread, K = 512:
  * 32 groups 75% -> 82% of the FMA peak, 8 groups 86% -> 83%). */
 #define RF_L2_KEEPS_BYTES (1 << 20)
-static RF_INLINE const char *SFX(ahead)(const REAL *panel, rf_index gsize, rf_index g0, rf_index g_lo,
-                                        rf_index g_hi, rf_index tile_i, rf_index tile_n, rf_index *n) {
+/* `ahead` for one of two panels a tile reads one after the other (fused_gemm): both are fetched ahead when
+ * together (gsize_both a group) they would not stay in L2. */
+static RF_INLINE const char *SFX(ahead2)(const REAL *panel, rf_index gsize, rf_index gsize_both, rf_index g0,
+                                         rf_index g_lo, rf_index g_hi, rf_index tile_i, rf_index tile_n,
+                                         rf_index *n) {
     *n = 0;
-    if ((g_hi - g_lo) * gsize * (rf_index)sizeof(REAL) <= RF_L2_KEEPS_BYTES) return NULL;
+    if ((g_hi - g_lo) * gsize_both * (rf_index)sizeof(REAL) <= RF_L2_KEEPS_BYTES) return NULL;
     const rf_index lines = gsize * (rf_index)sizeof(REAL) / 64, g_next = g0 + 1 < g_hi ? g0 + 1 : g_lo;
     const rf_index lo = lines * tile_i / tile_n, hi = lines * (tile_i + 1) / tile_n;
     *n = hi - lo;
     return (const char *)(panel + g_next * gsize) + lo * 64;
+}
+static RF_INLINE const char *SFX(ahead)(const REAL *panel, rf_index gsize, rf_index g0, rf_index g_lo,
+                                        rf_index g_hi, rf_index tile_i, rf_index tile_n, rf_index *n) {
+    return SFX(ahead2)(panel, gsize, gsize, g0, g_lo, g_hi, tile_i, tile_n, n);
 }
 
 /* The GEMM of a step phase for groups g0..g0+m-1 (m > 1 only for a single row, which gemm_row1 takes) of the
@@ -462,6 +469,41 @@ static RF_INLINE int SFX(any_active)(const rf_ctx *c, rf_index s, rf_index r0, i
     for (int i = 0; i < nr; i++)
         if (s >= 0 && s < c->lengths[r0 + i]) return 1;
     return 0;
+}
+
+/* step_gemm with the input projection fused in (c->fuse_x: LSTM, RNN, GRU reset_after; B >= 2, so one
+ * group at a time): the tile sums x_t @ w_ih^T over the w_ih panels (the same group layout, I rows), then
+ * continues the same accumulators over h (acc_in), so every pre-activation is one FMA chain over k in the
+ * order x, h, whatever the split or the tile, and no xw row is written, kept or read back. GRU's n gate keeps
+ * its two terms apart (n = tanh(x_n + r * (h_n + b_hn))): with xn not NULL, gate 2 of each unit block
+ * (Gs gates a block) moves from the tile to xn (row i, block sb at xn + (i * ub + sb) * V) and restarts from
+ * 0 for h, the same two chains as unfused. A padded row (lengths) reads x row 0; its sums are never used.
+ * When (ops._FUSE_X_MIN_ROWS, with the measurements): B >= 32. The panels of w_ih and w_hh are both read
+ * every step, so both are fetched ahead (ahead2) once together they outgrow L2; LSTM mid inference (each
+ * 1 MiB) was +3% slower with each panel's own rule, -2% with this one. */
+static RF_INLINE void SFX(fused_gemm)(const rf_ctx *c, rf_index s, rf_index r0, int nr, int NV,
+                                      const REAL *const *A, rf_index K, const REAL *panel, rf_index g0, REAL *out,
+                                      rf_index g_lo, rf_index g_hi, rf_index tile_i, rf_index tile_n, REAL *xn,
+                                      int Gs) {
+    const rf_index I = c->n_in, gx = I * NV * V, gh = K * NV * V;
+    const REAL *Ax[8], *wih = (const REAL *)c->wih_pack;
+    for (int i = 0; i < nr; i++) {
+        rf_index t, len;
+        if (!SFX(row_at)(c, s, r0 + i, &t, &len)) t = 0;
+        Ax[i] = (const REAL *)c->x + (t * c->B + r0 + i) * I;
+    }
+    rf_index pf_n;
+    const char *pf = SFX(ahead2)(wih, gx, gx + gh, g0, g_lo, g_hi, tile_i, tile_n, &pf_n);
+    SFX(gemm_tile_x)(nr, NV, Ax, 1, I, wih + g0 * gx, NV * V, 0, out, pf, pf_n);
+    if (xn)
+        for (int i = 0; i < nr; i++)
+            for (int sb = 0; sb < NV / Gs; sb++) {
+                REAL *o = out + (i * NV + sb * Gs + 2) * V;
+                SFX(vstore)(xn + (i * (NV / Gs) + sb) * V, SFX(vload)(o));
+                SFX(vstore)(o, SFX(vsplat)(0));
+            }
+    pf = SFX(ahead2)(panel, gh, gx + gh, g0, g_lo, g_hi, tile_i, tile_n, &pf_n);
+    SFX(gemm_tile_x)(nr, NV, A, 1, K, panel + g0 * gh, NV * V, 1, out, pf, pf_n);
 }
 
 /* What a step phase's epilogue reads or writes for one tile, asked for (into L2) before the tile's GEMM so
@@ -622,7 +664,7 @@ typedef struct {
 
 static RF_INLINE void SFX(xwq_init)(const rf_ctx *c, const rf_split *sp, int own, SFX(xwq) *q) {
     q->on = 0;
-    if (!own || c->ub != c->uih || sp->batch || sp->nt < 2 || c->xw_steps < c->T) return;
+    if (!own || c->fuse_x || c->ub != c->uih || sp->batch || sp->nt < 2 || c->xw_steps < c->T) return;
     /* the same decision in every thread (project_chunk has a barrier that the shadow has not) */
     const rf_index ngrp = RF_NGRP(c->H, c->uih), NV = c->G * c->uih, most = (ngrp + sp->nt - 1) / sp->nt;
     if (most * c->n_in * NV * V * (rf_index)sizeof(REAL) > RF_L2_KEEPS_BYTES) return;

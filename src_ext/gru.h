@@ -14,15 +14,20 @@ static RF_INLINE VEC SFX(gru_after_state)(VEC r, VEC z, VEC hn, VEC xn, int has_
 
 /* Phase 1's epilogue for nr rows of one panel group in the common case (reset_after, every row active, a
  * whole vector of units), out of line as LSTM's (lstm_fwd_epi). Row i's accumulators at acc + i*sa, xw row
- * at xr + i*sx (gates H apart), h_{s-1} at hp + i*sh, h_s and y at hn + i*sh and y + i*sy; bias and b_hn at
+ * at xr + i*sx (gates H apart; NULL with fuse_x, whose accumulators hold x's part of r and z already), x's
+ * n term at xn + i*sxn, h_{s-1} at hp + i*sh, h_s and y at hn + i*sh and y + i*sy; bias and b_hn at
  * this group's units (or NULL); for training (gs not NULL) the saves at gs, hps, ms. */
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gru_fwd_epi)(
-        int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, rf_index H, const REAL *bias,
-        const REAL *b_hn, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy, REAL *gs, REAL *hps,
-        REAL *ms) {
+        int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, const REAL *xn, rf_index sxn,
+        rf_index H, const REAL *bias, const REAL *b_hn, const REAL *hp, REAL *hn, rf_index sh, REAL *y,
+        rf_index sy, REAL *gs, REAL *hps, REAL *ms) {
     for (int i = 0; i < nr; i++) {
-        const REAL *a = acc + i * sa, *x = xr + i * sx;
-        VEC pr = SFX(vload)(a) + SFX(vload)(x), pz = SFX(vload)(a + V) + SFX(vload)(x + H);
+        const REAL *a = acc + i * sa;
+        VEC pr = SFX(vload)(a), pz = SFX(vload)(a + V);
+        if (xr) {
+            pr += SFX(vload)(xr + i * sx);
+            pz += SFX(vload)(xr + i * sx + H);
+        }
         if (bias) {
             pr += SFX(vload)(bias);
             pz += SFX(vload)(bias + H);
@@ -30,7 +35,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gru_fwd_epi)(
         const VEC r = SFX(vsigmoid)(pr), z = SFX(vsigmoid)(pz);
         VEC hh = SFX(vload)(a + 2 * V), n;
         if (b_hn) hh += SFX(vload)(b_hn);
-        const VEC h = SFX(gru_after_state)(r, z, hh, SFX(vload)(x + 2 * H), bias != NULL,
+        const VEC h = SFX(gru_after_state)(r, z, hh, SFX(vload)(xn + i * sxn), bias != NULL,
                                            bias ? SFX(vload)(bias + 2 * H) : SFX(vsplat)(0), SFX(vload)(hp + i * sh), &n);
         SFX(vstore)(hn + i * sh, h);
         SFX(vstore)(y + i * sy, h);
@@ -58,6 +63,8 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64))), part[RF_OVL_MAXV * V] __attribute__((aligned(64)));
+    REAL xn[8 * 4 * V] __attribute__((aligned(64))); /* fuse_x: x's n term, row i block sb at (i * ub + sb) * V */
+    const int fx = c->fuse_x;
     /* reset before: h_{s-1} comes from phase n's groups: one block */
     const rf_index K1 = after ? SFX(row1_k1)(c, H, ub) : 0;
     const int done = SFX(row1_begin)(c, sp, q, s, hprev, H, K1, panel, NV, g_lo, g_hi, part);
@@ -67,18 +74,22 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
                 const int tr = c->training;
-                const SFX(pfs) st[5] = {{xws, GH, H, Gs, 0}, {after && tr ? y : NULL, H, 0, 1, 1},
+                const SFX(pfs) st[5] = {{fx ? NULL : xws, GH, H, Gs, 0}, {after && tr ? y : NULL, H, 0, 1, 1},
                                         {tr ? g_tb : NULL, GH, H, Gs, 1}, {tr ? hp_tb : NULL, H, 0, 1, 1},
                                         {tr ? m_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 5);
-                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
-                                RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
+                if (fx)
+                    SFX(fused_gemm)(c, s, r0, nr, NV, A, H, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, xn, Gs);
+                else
+                    SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
+                                    RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
             }
             if (after && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
                 rf_index t, len; /* every row at the same time index (no lengths) */
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;
-                SFX(gru_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws + r0 * GH + j0, GH, H,
+                SFX(gru_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, fx ? NULL : xws + r0 * GH + j0, GH,
+                                 fx ? xn : xws + r0 * GH + 2 * H + j0, fx ? V : GH, H,
                                  bias ? bias + j0 : NULL, b_hn ? b_hn + j0 : NULL, hprev + r0 * H + j0,
                                  hnext + r0 * H + j0, H, y + row * H + j0, H,
                                  c->training ? g_tb + row * GH + j0 : NULL, c->training ? hp_tb + row * H + j0 : NULL,
@@ -107,8 +118,11 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                     }
                     const REAL *acc = out + ((grp - g_cur + i) * NV + sb * Gs) * V;
                     const REAL *xr = (xws + b * GH) + j0;
-                    VEC pr = SFX(vload)(acc) + SFX(vload_n)(xr, nl);
-                    VEC pz = SFX(vload)(acc + V) + SFX(vload_n)(xr + H, nl);
+                    VEC pr = SFX(vload)(acc), pz = SFX(vload)(acc + V);
+                    if (!fx) {
+                        pr += SFX(vload_n)(xr, nl);
+                        pz += SFX(vload_n)(xr + H, nl);
+                    }
                     if (bias) {
                         pr += SFX(vload_n)(bias + j0, nl);
                         pz += SFX(vload_n)(bias + H + j0, nl);
@@ -119,7 +133,8 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                     if (after) {
                         VEC hn = SFX(vload)(acc + 2 * V), n;
                         if (b_hn) hn += SFX(vload_n)(b_hn + j0, nl);
-                        const VEC h = SFX(gru_after_state)(r, z, hn, SFX(vload_n)(xr + 2 * H, nl), bias != NULL,
+                        const VEC xnv = fx ? SFX(vload)(xn + (i * ub + sb) * V) : SFX(vload_n)(xr + 2 * H, nl);
+                        const VEC h = SFX(gru_after_state)(r, z, hn, xnv, bias != NULL,
                                                            bias ? SFX(vload_n)(bias + 2 * H + j0, nl) : SFX(vsplat)(0),
                                                            hp, &n);
                         SFX(vstore_n)(hnext + b * H + j0, h, nl);
@@ -202,7 +217,7 @@ RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     /* reset before: phase n reads xw by the groups of w_hn, not the projection's */
     SFX(xwq_init)(c, &sp, c->mode == 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
-        SFX(project_for)(c, &sp, &q, s);
+        if (!c->fuse_x) SFX(project_for)(c, &sp, &q, s);
         SFX(gru_fwd_rz)(c, s, &sp, &q); /* finishes the last step's barrier */
         rf_step_arrive(&sp);
         if (c->mode != 1) {

@@ -56,6 +56,9 @@ typedef struct {
     void *xw;               /* (xw_steps, B, G*H) workspace: x @ w_ih^T (no bias) for a chunk of loop steps */
     rf_index xw_steps;      /* loop steps per chunk (1..T): each chunk is projected just before its steps, so
                                that it is read back from cache rather than memory (T when the whole fits) */
+    int fuse_x;             /* LSTM, RNN, GRU reset_after: no xw; each step tile sums x_t @ w_ih^T and then
+                               h @ w_hh^T in the same accumulators (common.h, fused_gemm); set by ops.py from
+                               the shapes only */
     const void *bias;       /* (G*H,) b_ih + b_hh folded (GRU reset_after: n part is b_in only), or NULL */
     const void *b_hn;       /* (H,) GRU reset_after: b_hn, kept inside r * (W_hn h + b_hn); or NULL */
     const void *peep;       /* (3, H) LSTM peephole p_i, p_f, p_o, or NULL */

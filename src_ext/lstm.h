@@ -39,9 +39,13 @@ static RF_INLINE VEC SFX(lstm_cell)(const VEC pre[4], VEC cp, int peep, VEC po, 
     return SFX(lstm_out)(*cn, dod, peep, po, g);
 }
 
-/* Row i's pre-activations in lstm_fwd_epi: accumulators + xw row (+ bias). */
+/* Row i's pre-activations in lstm_fwd_epi: accumulators + xw row (xr NULL: the accumulators hold x's part
+ * already, fuse_x) (+ bias). */
 static RF_INLINE void SFX(lstm_epi_pre)(VEC pre[4], const REAL *acc, const REAL *xr, rf_index H, const REAL *bias) {
-    _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) pre[q] = SFX(vload)(acc + q * V) + SFX(vload)(xr + q * H);
+    if (xr)
+        _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) pre[q] = SFX(vload)(acc + q * V) + SFX(vload)(xr + q * H);
+    else
+        _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) pre[q] = SFX(vload)(acc + q * V);
     if (bias)
         _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) pre[q] += SFX(vload)(bias + q * H);
 }
@@ -49,8 +53,8 @@ static RF_INLINE void SFX(lstm_epi_pre)(VEC pre[4], const REAL *acc, const REAL 
 /* The gate phase's epilogue for nr rows of one panel group in the common case (no projection or peephole,
  * every row active, a whole vector of units), out of line: inside the worker, GCC kept reloading the
  * activations' constants and spilling between the rows (LSTM mid steps -2.5% here). Row i's accumulators
- * at acc + i*sa, xw row at xr + i*sx (gates H apart), c at cb + i*sc, h_{t-1} at hp + i*sh, h and y at
- * hn + i*sh and y + i*sy; for training (gs not NULL) the saves at gs, cs, cps, hps.
+ * at acc + i*sa, xw row at xr + i*sx (gates H apart; xr NULL with fuse_x), c at cb + i*sc, h_{t-1} at
+ * hp + i*sh, h and y at hn + i*sh and y + i*sy; for training (gs not NULL) the saves at gs, cs, cps, hps.
  * Inference runs in phases over the rows, each a loop of independent short iterations (the gates of every
  * row, then c_t, then o * tanh c_t): row by row, one row's chain of dependent operations (~200 cycles:
  * gates, c_t, tanh c_t) filled the reorder window and the core waited on it (this function alone, 6 rows,
@@ -63,7 +67,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(lstm_fwd_epi)
     if (gs) {
         for (int i = 0; i < nr; i++) {
             VEC pre[4], g[4], cn;
-            SFX(lstm_epi_pre)(pre, acc + i * sa, xr + i * sx, H, bias);
+            SFX(lstm_epi_pre)(pre, acc + i * sa, xr ? xr + i * sx : NULL, H, bias);
             const VEC cp = SFX(vload)(cb + i * sc);
             const VEC m = SFX(lstm_cell)(pre, cp, 0, SFX(vsplat)(0), g, &cn);
             SFX(vstore)(cb + i * sc, cn);
@@ -80,7 +84,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(lstm_fwd_epi)
     VEC f[8], ig[8], dod[8];
     for (int i = 0; i < nr; i++) {
         VEC pre[4];
-        SFX(lstm_epi_pre)(pre, acc + i * sa, xr + i * sx, H, bias);
+        SFX(lstm_epi_pre)(pre, acc + i * sa, xr ? xr + i * sx : NULL, H, bias);
         SFX(lstm_gates)(pre, 0, &f[i], &ig[i], &dod[i], NULL);
     }
     for (int i = 0; i < nr; i++) SFX(vstore)(cb + i * sc, f[i] * SFX(vload)(cb + i * sc) + ig[i]);
@@ -115,20 +119,24 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
                 const int tr = c->training;
-                const SFX(pfs) st[6] = {{xws, GH, H, 4, 0}, {proj || !tr ? NULL : y, K, 0, 1, 1},
+                const SFX(pfs) st[6] = {{c->fuse_x ? NULL : xws, GH, H, 4, 0}, {proj || !tr ? NULL : y, K, 0, 1, 1},
                                         {tr ? g_tb : NULL, GH, H, 4, 1}, {tr ? c_tb : NULL, H, 0, 1, 1},
                                         {tr ? cp_tb : NULL, H, 0, 1, 1},
                                         {tr ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
-                SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
-                                RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
+                if (c->fuse_x)
+                    SFX(fused_gemm)(c, s, r0, nr, NV, A, K, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, NULL, 1);
+                else
+                    SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
+                                    RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
             }
             if (!peep && !proj && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
                 rf_index t, len; /* every row at the same time index (no lengths) */
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;
                 const int tr = c->training;
-                SFX(lstm_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws + r0 * GH + j0, GH, H,
+                SFX(lstm_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V,
+                                  c->fuse_x ? NULL : xws + r0 * GH + j0, GH, H,
                                   bias ? bias + j0 : NULL, cb + r0 * Hp + j0, Hp, hprev + r0 * K + j0,
                                   hnext + r0 * K + j0, K, y + row * K + j0, K, tr ? g_tb + row * GH + j0 : NULL,
                                   tr ? c_tb + row * H + j0 : NULL, tr ? cp_tb + row * H + j0 : NULL,
@@ -160,8 +168,10 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                     const REAL *acc = out + ((grp - g_cur + i) * NV + sb * 4) * V;
                     const REAL *xr = (xws + b * GH) + j0;
                     VEC pre[4];
-                    _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++)
-                        pre[g] = SFX(vload)(acc + g * V) + SFX(vload_n)(xr + g * H, nl);
+                    _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
+                        pre[g] = SFX(vload)(acc + g * V);
+                        if (!c->fuse_x) pre[g] += SFX(vload_n)(xr + g * H, nl);
+                    }
                     if (bias)
                         _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++)
                             pre[g] += SFX(vload_n)(bias + g * H + j0, nl);
@@ -248,7 +258,7 @@ RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier
     SFX(xwq) q;
     SFX(xwq_init)(c, &sp, 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
-        SFX(project_for)(c, &sp, &q, s);
+        if (!c->fuse_x) SFX(project_for)(c, &sp, &q, s);
         SFX(lstm_fwd_gates)(c, s, &sp, &q); /* finishes the last step's barrier */
         rf_step_arrive(&sp);
         if (c->proj) {

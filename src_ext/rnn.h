@@ -19,12 +19,15 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *s
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const SFX(pfs) st[4] = {{xws, H, 0, 1, 0}, {c->training ? y : NULL, H, 0, 1, 1},
+                const SFX(pfs) st[4] = {{c->fuse_x ? NULL : xws, H, 0, 1, 0}, {c->training ? y : NULL, H, 0, 1, 1},
                                         {c->training ? g_tb : NULL, H, 0, 1, 1},
                                         {c->training && !c->hp_shared ? hp_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 4);
-                SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
-                                RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
+                if (c->fuse_x)
+                    SFX(fused_gemm)(c, s, r0, nr, NV, A, H, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, NULL, 1);
+                else
+                    SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
+                                    RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
             }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -43,7 +46,8 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *s
                         }
                         continue;
                     }
-                    VEC pre = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V) + SFX(vload_n)((xws + b * H) + j0, nl);
+                    VEC pre = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
+                    if (!c->fuse_x) pre += SFX(vload_n)((xws + b * H) + j0, nl);
                     if (bias) pre += SFX(vload_n)(bias + j0, nl);
                     const VEC h = SFX(rnn_act)(relu, pre);
                     SFX(vstore_n)(hnext + b * H + j0, h, nl);
@@ -65,7 +69,7 @@ RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     SFX(xwq) q;
     SFX(xwq_init)(c, &sp, 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
-        SFX(project_for)(c, &sp, &q, s);
+        if (!c->fuse_x) SFX(project_for)(c, &sp, &q, s);
         SFX(rnn_fwd_step)(c, s, &sp, &q); /* finishes the last step's barrier */
         rf_step_arrive(&sp);
     }

@@ -365,6 +365,7 @@ def test_input_projection_in_chunks(rng, monkeypatch, case, dtype, reverse, B, s
     lengths = random_lengths(rng, T, B)
     whole, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
     monkeypatch.setattr(ops, "_xw_steps", lambda T, B, GH, itemsize: min(T, steps))
+    monkeypatch.setattr(ops, "_FUSE_X_MIN_ROWS", 1 << 30)  # B = 40 would fuse the projection into the steps
     out, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
     ref, _ = forward(reference, cell, {k: as64(v) for k, v in a.items()}, kw, lengths=lengths, reverse=reverse)
     for name, o, w, r in zip(OUT_NAMES[cell], out, whole, ref):
@@ -379,3 +380,61 @@ def test_xw_chunk_rule():
     assert ops._xw_steps(100, 32, 1024, 4) == 8          # 128 KiB a step: 1 MiB
     assert ops._xw_steps(10, 4096, 4096, 4) == 1         # a step alone is beyond the chunk size
     assert 1 <= ops._xw_steps(3, 1, 1 << 22, 8) <= 3
+
+
+def test_fused_projection_rule():
+    """LSTM, RNN and GRU reset_after with >= ops._FUSE_X_MIN_ROWS batch rows fuse x @ w_ih^T into the steps
+    (no xw workspace); fewer rows and GRU reset-before project in chunks. A rule on the shapes alone."""
+    def plan(cell, B, reset_after=True):
+        G = GATES[cell]
+        return ops._make_plan(cell, np.dtype(np.float32), 10, B, 8, 48, 48, G, cell == "gru" and reset_after,
+                              False, False)
+    n = ops._FUSE_X_MIN_ROWS
+    assert n == 32
+    for cell in ("lstm", "rnn", "gru"):
+        fused = plan(cell, n)
+        assert fused[4] is True and fused[5]["xw"] is None, cell
+        chunked = plan(cell, n - 1)
+        assert chunked[4] is False and chunked[5]["xw"] is not None, cell
+    assert plan("gru", 64, reset_after=False)[4] is False
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True, ids=["2threads"])
+@pytest.mark.parametrize("B", [3, 40], ids=["hidden_split", "batch_split"])
+@pytest.mark.parametrize("lengths", [None, "random"], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_fused_projection_matches_reference(rng, monkeypatch, case, dtype, reverse, lengths, B, threads):
+    """The steps with the projection fused in (forced on for B = 3, off for B = 40 by ops._FUSE_X_MIN_ROWS)
+    meet the reference, forward and backward, with padded and reversed rows, H = 72 (a partial vector of
+    units) and every cell option; the fused run with 1, 2 and 3 threads gives the same bits."""
+    T, I, H = 4, 5, 72
+    cell, a, kw = make_problem(rng, case, T, B, I, H, 5, dtype=dtype)
+    lens = random_lengths(rng, T, B) if lengths else None
+    ref, _ = forward(reference, cell, {k: as64(v) for k, v in a.items()}, kw, lengths=lens, reverse=reverse)
+    runs = {}
+    for fuse in (True, False):
+        monkeypatch.setattr(ops, "_FUSE_X_MIN_ROWS", 1 if fuse else 1 << 30)
+        out, saved = forward(ops, cell, a, kw, lengths=lens, reverse=reverse, training=True)
+        for name, o, r in zip(OUT_NAMES[cell], out, ref):
+            assert_close(o, r, dtype, f"{case} fused={fuse} {name}")
+        runs[fuse] = (out, saved)
+    d = d_outputs_for(rng, runs[True][0])
+    ref_saved = forward(reference, cell, {k: as64(v) for k, v in a.items()}, kw, lengths=lens, reverse=reverse,
+                        training=True)[1]
+    ref_g = backward(reference, cell, [as64(v) for v in d], ref_saved, a)
+    for name, g, r in zip(GRAD_NAMES[cell], backward(ops, cell, d, runs[True][1], a), ref_g):
+        if r is not None:
+            assert_close(g, r, dtype, f"{case} fused {name}")
+    monkeypatch.setattr(ops, "_FUSE_X_MIN_ROWS", 1)
+    inference = {}
+    for n in (1, 2, 3):
+        rnnfast.set_num_threads(n)
+        inference[n] = forward(ops, cell, a, kw, lengths=lens, reverse=reverse)[0]
+    for n in (2, 3):
+        for name, o, e in zip(OUT_NAMES[cell], inference[n], inference[1]):
+            np.testing.assert_array_equal(o, e, err_msg=f"{case} fused {name}: {n} threads vs 1")
+    if cell != "gru" or kw.get("reset_after"):
+        # the fused and the chunked run sum in different orders: the results differ somewhere
+        assert any(not np.array_equal(f, c) for f, c in zip(runs[True][0], runs[False][0])), case

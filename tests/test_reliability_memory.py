@@ -281,7 +281,7 @@ def test_kept_call_plans_view_only_the_kept_workspaces(monkeypatch):
             assert plans is not None and plans[0] is pool and plans[1]
             bases = {id(b.base) for b in pool.values()}
             for plan in plans[1].values():
-                assert all(a is None or id(a.base) in bases for a in plan[4].values())
+                assert all(a is None or id(a.base) in bases for a in plan[5].values())
 
 
 def test_workspaces_saved_arrays_and_outputs_start_on_64_byte_boundaries(monkeypatch):

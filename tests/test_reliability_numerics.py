@@ -526,8 +526,10 @@ def _big_lstm_rows_match_single_rows(T, B, H):
 
 @pytest.mark.skipif(_mem_available() < 8 * 2**30, reason="needs ~3 GiB of free memory (8 GiB available)")
 def test_byte_offsets_beyond_2_31(monkeypatch):
-    # the input projection in one chunk of all T steps (ops._xw_steps), so that xw is the big array
+    # the input projection in one chunk of all T steps (ops._xw_steps), so that xw is the big array (not
+    # fused into the steps, which B = 64 would do; and the single rows are never fused)
     monkeypatch.setattr(ops, "_xw_steps", lambda T, B, GH, itemsize: T)
+    monkeypatch.setattr(ops, "_FUSE_X_MIN_ROWS", 1 << 30)
     B, H = 64, 16
     T = 2**29 // (B * 4 * H) + 1  # xw: T*B*4H > 2**29 float32 elements = 2**31 bytes
     assert T * B * 4 * H * 4 > 2**31
@@ -537,6 +539,7 @@ def test_byte_offsets_beyond_2_31(monkeypatch):
 @pytest.mark.skipif(os.environ.get("RNNFAST_TEST_HUGE") != "1", reason="opt-in (RNNFAST_TEST_HUGE=1): ~11 GiB")
 def test_element_offsets_beyond_2_31(monkeypatch):
     monkeypatch.setattr(ops, "_xw_steps", lambda T, B, GH, itemsize: T)  # xw: all T steps, > 2**31 elements
+    monkeypatch.setattr(ops, "_FUSE_X_MIN_ROWS", 1 << 30)  # xw exists (not fused into the steps)
     if _mem_available() < 14 * 2**30:
         pytest.skip("needs ~11 GiB of free memory (14 GiB available)")
     B, H = 64, 16
