@@ -385,20 +385,24 @@ static RF_INLINE void SFX(pack_groups)(const REAL *src, rf_index s_g, rf_index s
  * 32 groups 75% -> 82% of the FMA peak, 8 groups 86% -> 83%). */
 #define RF_L2_KEEPS_BYTES (1 << 20)
 /* `ahead` for one of two panels a tile reads one after the other (fused_gemm): both are fetched ahead when
- * together (gsize_both a group) they would not stay in L2. */
+ * together (gsize_both a group) they would not stay in L2. dir 0: the groups in order, the last followed by
+ * the first (the next row block's); dir 1 / -1: a step phase walking up / down (RF_STEP_TILES), whose next
+ * step walks back from the group it ended on, so its last group fetches nothing. */
 static RF_INLINE const char *SFX(ahead2)(const REAL *panel, rf_index gsize, rf_index gsize_both, rf_index g0,
                                          rf_index g_lo, rf_index g_hi, rf_index tile_i, rf_index tile_n,
-                                         rf_index *n) {
+                                         int dir, rf_index *n) {
     *n = 0;
     if ((g_hi - g_lo) * gsize_both * (rf_index)sizeof(REAL) <= RF_L2_KEEPS_BYTES) return NULL;
-    const rf_index lines = gsize * (rf_index)sizeof(REAL) / 64, g_next = g0 + 1 < g_hi ? g0 + 1 : g_lo;
+    const rf_index g_next = dir < 0 ? g0 - 1 : g0 + 1 < g_hi ? g0 + 1 : dir ? g_hi : g_lo;
+    if (g_next < g_lo || g_next >= g_hi) return NULL;
+    const rf_index lines = gsize * (rf_index)sizeof(REAL) / 64;
     const rf_index lo = lines * tile_i / tile_n, hi = lines * (tile_i + 1) / tile_n;
     *n = hi - lo;
     return (const char *)(panel + g_next * gsize) + lo * 64;
 }
 static RF_INLINE const char *SFX(ahead)(const REAL *panel, rf_index gsize, rf_index g0, rf_index g_lo,
-                                        rf_index g_hi, rf_index tile_i, rf_index tile_n, rf_index *n) {
-    return SFX(ahead2)(panel, gsize, gsize, g0, g_lo, g_hi, tile_i, tile_n, n);
+                                        rf_index g_hi, rf_index tile_i, rf_index tile_n, int dir, rf_index *n) {
+    return SFX(ahead2)(panel, gsize, gsize, g0, g_lo, g_hi, tile_i, tile_n, dir, n);
 }
 
 /* The GEMM of a step phase for groups g0..g0+m-1 (m > 1 only for a single row, which gemm_row1 takes) of the
@@ -408,7 +412,7 @@ static RF_INLINE const char *SFX(ahead)(const REAL *panel, rf_index gsize, rf_in
  * is already summed, in part. */
 static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A, rf_index K, const REAL *panel,
                                      rf_index g0, REAL *out, rf_index g_lo, rf_index g_hi, rf_index tile_i,
-                                     rf_index tile_n, rf_index K1, int done, const REAL *part) {
+                                     rf_index tile_n, int rev, rf_index K1, int done, const REAL *part) {
     const rf_index gsize = K * NV * V;
     if (nr == 1) {
         const REAL *pg = panel + g0 * gsize;
@@ -428,20 +432,26 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
         return;
     }
     rf_index pf_n;
-    const char *pf = SFX(ahead)(panel, gsize, g0, g_lo, g_hi, tile_i, tile_n, &pf_n);
+    const char *pf = SFX(ahead)(panel, gsize, g0, g_lo, g_hi, tile_i, tile_n, rev ? -1 : 1, &pf_n);
     SFX(gemm_tile_x)(nr, NV, A, 1, K, panel + g0 * gsize, NV * V, 0, out, pf, pf_n);
 }
 
 /* The arguments of step_gemm after `out`, inside RF_STEP_TILES: the thread's groups, this tile's index and
  * the number of row tiles per group (and for RF_STEP_ROW1 the k split of a single row, see row1_begin). */
-#define RF_STEP_AHEAD(g_lo, g_hi) (g_lo), (g_hi), rt_i_, rt_c_, 0, 0, NULL
-#define RF_STEP_ROW1(g_lo, g_hi, K1, done, part) (g_lo), (g_hi), rt_i_, rt_c_, (K1), (done), (part)
+#define RF_STEP_AHEAD(g_lo, g_hi) (g_lo), (g_hi), rt_i_, rt_c_, (int)rv_, 0, 0, NULL
+#define RF_STEP_ROW1(g_lo, g_hi, K1, done, part) (g_lo), (g_hi), rt_i_, rt_c_, (int)rv_, (K1), (done), (part)
 
 /* The tiles of a step phase: groups g_lo..g_hi outer, row tiles inner (a group's panel stays in L2 while
- * every row tile of the thread uses it), m groups from g_cur at a time (rf_step_groups). */
-#define RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr)                                              \
-    for (rf_index g_cur = (g_lo), m = rf_step_groups(sp, g_cur, g_hi); g_cur < (g_hi);                   \
-         g_cur += m, m = rf_step_groups(sp, g_cur, g_hi))                                                 \
+ * every row tile of the thread uses it), m groups from g_cur at a time (rf_step_groups). With more than one
+ * row the groups go up on even steps s and down on odd ones (rv_), one group at a time: each step starts on
+ * the panels the one before ended on, still in L2, where the same order every step finds the ones it needs
+ * first evicted when the thread's panels outgrow L2. The order changes no bit (each group's sums are its
+ * own). */
+#define RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr)                                           \
+    for (rf_index rv_ = ((s) & 1) && (sp)->r_hi - (sp)->r_lo > 1, gk_ = 0,                              \
+                  g_cur = rv_ ? (g_hi) - 1 : (g_lo), m = rv_ ? 1 : rf_step_groups(sp, g_cur, g_hi);     \
+         gk_ < (g_hi) - (g_lo);                                                                           \
+         gk_ += m, g_cur = rv_ ? (g_hi) - 1 - gk_ : (g_lo) + gk_, m = rv_ ? 1 : rf_step_groups(sp, g_cur, g_hi)) \
         RF_TILE_ROWS((sp)->r_lo, (sp)->r_hi, NV, r0, nr)
 
 /* Where row b stands at loop step s: its valid length, the real time index it processes, and whether it
@@ -483,8 +493,8 @@ static RF_INLINE int SFX(any_active)(const rf_ctx *c, rf_index s, rf_index r0, i
  * 1 MiB) was +3% slower with each panel's own rule, -2% with this one. */
 static RF_INLINE void SFX(fused_gemm)(const rf_ctx *c, rf_index s, rf_index r0, int nr, int NV,
                                       const REAL *const *A, rf_index K, const REAL *panel, rf_index g0, REAL *out,
-                                      rf_index g_lo, rf_index g_hi, rf_index tile_i, rf_index tile_n, REAL *xn,
-                                      int Gs) {
+                                      rf_index g_lo, rf_index g_hi, rf_index tile_i, rf_index tile_n, int rev,
+                                      REAL *xn, int Gs) {
     const rf_index I = c->n_in, gx = I * NV * V, gh = K * NV * V;
     const REAL *Ax[8], *wih = (const REAL *)c->wih_pack;
     for (int i = 0; i < nr; i++) {
@@ -493,7 +503,7 @@ static RF_INLINE void SFX(fused_gemm)(const rf_ctx *c, rf_index s, rf_index r0, 
         Ax[i] = (const REAL *)c->x + (t * c->B + r0 + i) * I;
     }
     rf_index pf_n;
-    const char *pf = SFX(ahead2)(wih, gx, gx + gh, g0, g_lo, g_hi, tile_i, tile_n, &pf_n);
+    const char *pf = SFX(ahead2)(wih, gx, gx + gh, g0, g_lo, g_hi, tile_i, tile_n, rev ? -1 : 1, &pf_n);
     SFX(gemm_tile_x)(nr, NV, Ax, 1, I, wih + g0 * gx, NV * V, 0, out, pf, pf_n);
     if (xn)
         for (int i = 0; i < nr; i++)
@@ -502,7 +512,7 @@ static RF_INLINE void SFX(fused_gemm)(const rf_ctx *c, rf_index s, rf_index r0, 
                 SFX(vstore)(xn + (i * (NV / Gs) + sb) * V, SFX(vload)(o));
                 SFX(vstore)(o, SFX(vsplat)(0));
             }
-    pf = SFX(ahead2)(panel, gh, gx + gh, g0, g_lo, g_hi, tile_i, tile_n, &pf_n);
+    pf = SFX(ahead2)(panel, gh, gx + gh, g0, g_lo, g_hi, tile_i, tile_n, rev ? -1 : 1, &pf_n);
     SFX(gemm_tile_x)(nr, NV, A, 1, K, panel + g0 * gh, NV * V, 1, out, pf, pf_n);
 }
 
@@ -591,7 +601,7 @@ static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo
                 rf_index pf_n;
                 for (int i = 0; i < nr; i++) SFX(map_row)(map, r0 + i, A, lda, out, ldo, &Ar[i], &Or[i]);
                 SFX(gemm_tile_x)(nr, NV, Ar, 1, K, panel + grp * K * NV * V, NV * V, 0, tile,
-                                 SFX(ahead)(panel, K * NV * V, grp, g_lo, g_hi, rt_i_, rt_c_, &pf_n), pf_n);
+                                 SFX(ahead)(panel, K * NV * V, grp, g_lo, g_hi, rt_i_, rt_c_, 0, &pf_n), pf_n);
                 for (int i = 0; i < nr; i++)
                     for (int sb = 0; sb < ub; sb++) {
                         const rf_index j0 = (grp * ub + sb) * V;

@@ -68,7 +68,7 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
     /* reset before: h_{s-1} comes from phase n's groups: one block */
     const rf_index K1 = after ? SFX(row1_k1)(c, H, ub) : 0;
     const int done = SFX(row1_begin)(c, sp, q, s, hprev, H, K1, panel, NV, g_lo, g_hi, part);
-    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
+    RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
@@ -79,7 +79,8 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                                         {tr ? m_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 5);
                 if (fx)
-                    SFX(fused_gemm)(c, s, r0, nr, NV, A, H, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, xn, Gs);
+                    SFX(fused_gemm)(c, s, r0, nr, NV, A, H, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, (int)rv_,
+                                    xn, Gs);
                 else
                     SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
                                     RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
@@ -171,7 +172,7 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
+    RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
@@ -246,7 +247,7 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
+    RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t1, len1;
@@ -315,7 +316,7 @@ static RF_INLINE void SFX(gru_bwd_r)(const rf_ctx *c, rf_index s, const rf_split
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
+    RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t, len;

@@ -113,7 +113,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
     /* with a projection h_{s-1} comes from the projection's groups: one block */
     const rf_index K1 = proj ? 0 : SFX(row1_k1)(c, H, ub);
     const int done = SFX(row1_begin)(c, sp, q, s, hprev, K, K1, panel, NV, g_lo, g_hi, part);
-    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
+    RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
@@ -125,7 +125,8 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                                         {tr ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
                 if (c->fuse_x)
-                    SFX(fused_gemm)(c, s, r0, nr, NV, A, K, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, NULL, 1);
+                    SFX(fused_gemm)(c, s, r0, nr, NV, A, K, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, (int)rv_,
+                                    NULL, 1);
                 else
                     SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
                                     RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
@@ -216,7 +217,7 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(K, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
+    RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = mb + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
@@ -316,7 +317,7 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(K, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
+    RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t1, len1;
@@ -369,7 +370,7 @@ static RF_INLINE void SFX(lstm_bwd_proj)(const rf_ctx *c, rf_index s, const rf_s
     rf_index g_lo, g_hi;
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64)));
-    RF_STEP_TILES(sp, g_lo, g_hi, NV, g_cur, m, r0, nr) {
+    RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) {
             rf_index t, len;
