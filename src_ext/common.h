@@ -516,6 +516,18 @@ static RF_INLINE void SFX(fused_gemm)(const rf_ctx *c, rf_index s, rf_index r0, 
     SFX(gemm_tile_x)(nr, NV, A, 1, K, panel + g0 * gh, NV * V, 1, out, pf, pf_n);
 }
 
+/* The GEMM of a forward gate phase (A: the rows of h_{s-1}): with x's projection fused in (fuse_x) or
+ * not; the arguments after `out` as step_gemm's (RF_STEP_ROW1), then fused_gemm's xn and Gs. */
+static RF_INLINE void SFX(gates_gemm)(const rf_ctx *c, rf_index s, rf_index r0, int nr, int m, int NV,
+                                      const REAL *const *A, rf_index K, const REAL *panel, rf_index g0, REAL *out,
+                                      rf_index g_lo, rf_index g_hi, rf_index tile_i, rf_index tile_n, int rev,
+                                      rf_index K1, int done, const REAL *part, REAL *xn, int Gs) {
+    if (c->fuse_x)
+        SFX(fused_gemm)(c, s, r0, nr, NV, A, K, panel, g0, out, g_lo, g_hi, tile_i, tile_n, rev, xn, Gs);
+    else
+        SFX(step_gemm)(nr, m, NV, A, K, panel, g0, out, g_lo, g_hi, tile_i, tile_n, rev, K1, done, part);
+}
+
 /* What a step phase's epilogue reads or writes for one tile, asked for (into L2) before the tile's GEMM so
  * that it arrives while the GEMM runs: the epilogue otherwise met each of these lines as a miss of its own
  * (the projection xw, dy and the saves of a whole sequence live in L3 or memory), one at a time between

@@ -78,12 +78,9 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                                         {tr ? g_tb : NULL, GH, H, Gs, 1}, {tr ? hp_tb : NULL, H, 0, 1, 1},
                                         {tr ? m_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 5);
-                if (fx)
-                    SFX(fused_gemm)(c, s, r0, nr, NV, A, H, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, (int)rv_,
-                                    xn, Gs);
-                else
-                    SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
-                                    RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
+                SFX(gates_gemm)(c, s, r0, nr, (int)m, NV, A, H, panel, g_cur, out,
+                                RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL),
+                                xn, Gs);
             }
             if (after && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
                 rf_index t, len; /* every row at the same time index (no lengths) */

@@ -124,12 +124,9 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                                         {tr ? cp_tb : NULL, H, 0, 1, 1},
                                         {tr ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
-                if (c->fuse_x)
-                    SFX(fused_gemm)(c, s, r0, nr, NV, A, K, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, (int)rv_,
-                                    NULL, 1);
-                else
-                    SFX(step_gemm)(nr, (int)m, NV, A, K, panel, g_cur, out,
-                                    RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
+                SFX(gates_gemm)(c, s, r0, nr, (int)m, NV, A, K, panel, g_cur, out,
+                                RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL),
+                                NULL, 1);
             }
             if (!peep && !proj && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
                 rf_index t, len; /* every row at the same time index (no lengths) */

@@ -23,12 +23,9 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *s
                                         {c->training ? g_tb : NULL, H, 0, 1, 1},
                                         {c->training && !c->hp_shared ? hp_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 4);
-                if (c->fuse_x)
-                    SFX(fused_gemm)(c, s, r0, nr, NV, A, H, panel, g_cur, out, g_lo, g_hi, rt_i_, rt_c_, (int)rv_,
-                                    NULL, 1);
-                else
-                    SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out,
-                                    RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL));
+                SFX(gates_gemm)(c, s, r0, nr, (int)m, NV, A, H, panel, g_cur, out,
+                                RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL),
+                                NULL, 1);
             }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
