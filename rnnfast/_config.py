@@ -12,7 +12,7 @@ _ENV = "RNNFAST_NUM_THREADS"
 # costs ~0.8 us (a system call and a set), ~10% of a small call's ~9 us, so it is read again only after
 # _CPUS_MAX_AGE_S: a changed affinity takes effect within that time.
 _CPUS_MAX_AGE_S = 0.5
-_cpus_seen = (0, -1.0)
+_cpus_seen = (0, float("-inf"))
 
 
 def _cpus():
@@ -20,7 +20,7 @@ def _cpus():
     global _cpus_seen
     n, when = _cpus_seen
     now = time.monotonic()
-    if now - when < _CPUS_MAX_AGE_S and when >= 0:
+    if now - when < _CPUS_MAX_AGE_S:
         return n
     try:
         n = max(1, len(os.sched_getaffinity(0)))

@@ -446,6 +446,7 @@ def _make_plan(cell, dtype, T, B, I, H, K, G, after, proj, no_bias):
     the pack specs (source name, then the _pack spec without its source)."""
     GH, V = G * H, _kernels.lanes(dtype)
     xw_steps = _xw_steps(T, B, GH, dtype.itemsize)
+    # (its w_ih and w_hh panels then have the same groups: the same gates and units, ub == uih)
     fuse_x = (cell in ("lstm", "rnn") or after) and B >= _FUSE_X_MIN_ROWS
     specs = []
     names = ["w_ih", "w_hh"]
@@ -453,7 +454,6 @@ def _make_plan(cell, dtype, T, B, I, H, K, G, after, proj, no_bias):
     Gs = 2 if cell == "gru" and not after else G
     w_pack, ub = _pack(specs, None, 0, H * K, K, 1, Gs, H, K, dtype)
     w2_pack, ub2 = None, 1
-    fuse_x = fuse_x and uih == ub
     if proj:
         w2_pack, ub2 = _pack(specs, None, 0, 0, H, 1, 1, K, H, dtype)
         names.append("w_hr")

@@ -721,11 +721,13 @@ static RF_INLINE void SFX(step_finish)(const rf_ctx *c, rf_split *sp, SFX(xwq) *
 
 /* The xw rows (B, G*H) of loop step s. */
 static RF_INLINE const REAL *SFX(xw_step)(const rf_ctx *c, rf_index s) {
+    if (c->fuse_x) return NULL; /* no xw: the step tiles sum x's part themselves (fused_gemm) */
     return (const REAL *)c->xw + (s % c->xw_steps) * c->B * c->G * c->H;
 }
 
 /* Before loop step s: its xw rows (up front per chunk, or what the shadow has not done yet). */
 static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s) {
+    if (c->fuse_x) return;
     if (!q->on) {
         /* a chunk overwrites rows another thread may still read in the last step */
         if (s % c->xw_steps == 0) SFX(step_finish)(c, sp, q);

@@ -64,7 +64,6 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
     rf_groups(sp, RF_NGRP(H, ub), &g_lo, &g_hi);
     REAL out[8 * 4 * V] __attribute__((aligned(64))), part[RF_OVL_MAXV * V] __attribute__((aligned(64)));
     REAL xn[8 * 4 * V] __attribute__((aligned(64))); /* fuse_x: x's n term, row i block sb at (i * ub + sb) * V */
-    const int fx = c->fuse_x;
     /* reset before: h_{s-1} comes from phase n's groups: one block */
     const rf_index K1 = after ? SFX(row1_k1)(c, H, ub) : 0;
     const int done = SFX(row1_begin)(c, sp, q, s, hprev, H, K1, panel, NV, g_lo, g_hi, part);
@@ -74,7 +73,7 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
                 const int tr = c->training;
-                const SFX(pfs) st[5] = {{fx ? NULL : xws, GH, H, Gs, 0}, {after && tr ? y : NULL, H, 0, 1, 1},
+                const SFX(pfs) st[5] = {{xws, GH, H, Gs, 0}, {after && tr ? y : NULL, H, 0, 1, 1},
                                         {tr ? g_tb : NULL, GH, H, Gs, 1}, {tr ? hp_tb : NULL, H, 0, 1, 1},
                                         {tr ? m_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 5);
@@ -86,8 +85,8 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                 rf_index t, len; /* every row at the same time index (no lengths) */
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;
-                SFX(gru_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, fx ? NULL : xws + r0 * GH + j0, GH,
-                                 fx ? xn : xws + r0 * GH + 2 * H + j0, fx ? V : GH, H,
+                SFX(gru_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws ? xws + r0 * GH + j0 : NULL, GH,
+                                 xws ? xws + r0 * GH + 2 * H + j0 : xn, xws ? GH : V, H,
                                  bias ? bias + j0 : NULL, b_hn ? b_hn + j0 : NULL, hprev + r0 * H + j0,
                                  hnext + r0 * H + j0, H, y + row * H + j0, H,
                                  c->training ? g_tb + row * GH + j0 : NULL, c->training ? hp_tb + row * H + j0 : NULL,
@@ -115,9 +114,9 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                         continue;
                     }
                     const REAL *acc = out + ((grp - g_cur + i) * NV + sb * Gs) * V;
-                    const REAL *xr = (xws + b * GH) + j0;
+                    const REAL *xr = xws ? xws + b * GH + j0 : NULL;
                     VEC pr = SFX(vload)(acc), pz = SFX(vload)(acc + V);
-                    if (!fx) {
+                    if (xr) {
                         pr += SFX(vload_n)(xr, nl);
                         pz += SFX(vload_n)(xr + H, nl);
                     }
@@ -131,7 +130,7 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                     if (after) {
                         VEC hn = SFX(vload)(acc + 2 * V), n;
                         if (b_hn) hn += SFX(vload_n)(b_hn + j0, nl);
-                        const VEC xnv = fx ? SFX(vload)(xn + (i * ub + sb) * V) : SFX(vload_n)(xr + 2 * H, nl);
+                        const VEC xnv = xr ? SFX(vload_n)(xr + 2 * H, nl) : SFX(vload)(xn + (i * ub + sb) * V);
                         const VEC h = SFX(gru_after_state)(r, z, hn, xnv, bias != NULL,
                                                            bias ? SFX(vload_n)(bias + 2 * H + j0, nl) : SFX(vsplat)(0),
                                                            hp, &n);
@@ -215,7 +214,7 @@ RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     /* reset before: phase n reads xw by the groups of w_hn, not the projection's */
     SFX(xwq_init)(c, &sp, c->mode == 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
-        if (!c->fuse_x) SFX(project_for)(c, &sp, &q, s);
+        SFX(project_for)(c, &sp, &q, s);
         SFX(gru_fwd_rz)(c, s, &sp, &q); /* finishes the last step's barrier */
         rf_step_arrive(&sp);
         if (c->mode != 1) {

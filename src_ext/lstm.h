@@ -119,7 +119,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
                 const int tr = c->training;
-                const SFX(pfs) st[6] = {{c->fuse_x ? NULL : xws, GH, H, 4, 0}, {proj || !tr ? NULL : y, K, 0, 1, 1},
+                const SFX(pfs) st[6] = {{xws, GH, H, 4, 0}, {proj || !tr ? NULL : y, K, 0, 1, 1},
                                         {tr ? g_tb : NULL, GH, H, 4, 1}, {tr ? c_tb : NULL, H, 0, 1, 1},
                                         {tr ? cp_tb : NULL, H, 0, 1, 1},
                                         {tr ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
@@ -134,7 +134,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                 const rf_index j0 = grp * V, row = t * B + r0;
                 const int tr = c->training;
                 SFX(lstm_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V,
-                                  c->fuse_x ? NULL : xws + r0 * GH + j0, GH, H,
+                                  xws ? xws + r0 * GH + j0 : NULL, GH, H,
                                   bias ? bias + j0 : NULL, cb + r0 * Hp + j0, Hp, hprev + r0 * K + j0,
                                   hnext + r0 * K + j0, K, y + row * K + j0, K, tr ? g_tb + row * GH + j0 : NULL,
                                   tr ? c_tb + row * H + j0 : NULL, tr ? cp_tb + row * H + j0 : NULL,
@@ -164,11 +164,10 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                         continue;
                     }
                     const REAL *acc = out + ((grp - g_cur + i) * NV + sb * 4) * V;
-                    const REAL *xr = (xws + b * GH) + j0;
                     VEC pre[4];
                     _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
                         pre[g] = SFX(vload)(acc + g * V);
-                        if (!c->fuse_x) pre[g] += SFX(vload_n)(xr + g * H, nl);
+                        if (xws) pre[g] += SFX(vload_n)(xws + b * GH + g * H + j0, nl);
                     }
                     if (bias)
                         _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++)
@@ -256,7 +255,7 @@ RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier
     SFX(xwq) q;
     SFX(xwq_init)(c, &sp, 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
-        if (!c->fuse_x) SFX(project_for)(c, &sp, &q, s);
+        SFX(project_for)(c, &sp, &q, s);
         SFX(lstm_fwd_gates)(c, s, &sp, &q); /* finishes the last step's barrier */
         rf_step_arrive(&sp);
         if (c->proj) {

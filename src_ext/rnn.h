@@ -19,7 +19,7 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *s
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const SFX(pfs) st[4] = {{c->fuse_x ? NULL : xws, H, 0, 1, 0}, {c->training ? y : NULL, H, 0, 1, 1},
+                const SFX(pfs) st[4] = {{xws, H, 0, 1, 0}, {c->training ? y : NULL, H, 0, 1, 1},
                                         {c->training ? g_tb : NULL, H, 0, 1, 1},
                                         {c->training && !c->hp_shared ? hp_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 4);
@@ -45,7 +45,7 @@ static RF_INLINE void SFX(rnn_fwd_step)(const rf_ctx *c, rf_index s, rf_split *s
                         continue;
                     }
                     VEC pre = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
-                    if (!c->fuse_x) pre += SFX(vload_n)((xws + b * H) + j0, nl);
+                    if (xws) pre += SFX(vload_n)(xws + b * H + j0, nl);
                     if (bias) pre += SFX(vload_n)(bias + j0, nl);
                     const VEC h = SFX(rnn_act)(relu, pre);
                     SFX(vstore_n)(hnext + b * H + j0, h, nl);
@@ -67,7 +67,7 @@ RF_CLONES void SFX(rnn_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     SFX(xwq) q;
     SFX(xwq_init)(c, &sp, 1, &q);
     for (rf_index s = 0; s < c->T; s++) {
-        if (!c->fuse_x) SFX(project_for)(c, &sp, &q, s);
+        SFX(project_for)(c, &sp, &q, s);
         SFX(rnn_fwd_step)(c, s, &sp, &q); /* finishes the last step's barrier */
         rf_step_arrive(&sp);
     }
