@@ -11,6 +11,14 @@ typedef int64_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 #endif
 #define IVEC SFX(ivec)
 
+/* x as computed, rounded: a later a * b + x can then only fuse a * b, never the product that made x. Which
+ * of two products GCC fuses into a sum depends on the code around it, so the same expression inlined into
+ * two callers could round differently (LSTM's c_t = f c + i g differed by an ulp between the inference and
+ * the training epilogue). A memory operand: valid in every target clone, whatever its vector registers. */
+#ifndef RF_ROUNDED
+#define RF_ROUNDED(x) __asm__("" : "+m"(x))
+#endif
+
 /* Row tiles of up to 6 rows for groups of 4 panel vectors (one pass, 24 accumulators), else up to 8 rows
  * (3 vectors in one pass, 24 accumulators; 4 or more in passes of 2): each panel vector loaded feeds 6-8
  * rows, and 24 independent FMA chains keep both FMA pipes busy. */
@@ -674,11 +682,17 @@ static RF_INLINE void SFX(project_chunk)(const rf_ctx *c, rf_split *sp, rf_index
 /* Forward, hidden split, when the whole projection fits one chunk and the thread's share of the w_ih panels
  * stays in its L2 (small batch, small H: the steps are short and the per-step barrier is a large part of
  * them): the projection runs in the barrier's shadow instead of up front. A thread that has arrived at
- * the step's barrier projects tiles (RF_RMAX rows of one of its panel groups) until the other threads
- * have arrived, and before a step only what that step still lacks. Each thread projects its own groups,
- * which only it reads (`own`: the step phases read xw by the w_hh panel groups, and those are the
+ * the step's barrier projects tiles (RF_SHADOW_ROWS rows of one of its panel groups) until the other
+ * threads have arrived, and before a step only what that step still lacks. Each thread projects its own
+ * groups, which only it reads (`own`: the step phases read xw by the w_hh panel groups, and those are the
  * projection's, the same units), so the order of the tiles needs no synchronisation; each element is the
- * same FMA chain over k whatever the tile, so the bits do not depend on it either. */
+ * same FMA chain over k whatever the tile, so the bits do not depend on it either.
+ * The shadow's tiles are 4 rows, not the most a tile holds (RF_RMAX: 6 or 8): a tile begun just before the
+ * other thread arrives delays the next step by its whole length, and at batch 1 a step is short. Measured
+ * 2026-11-24 (2 threads, float32, batch 1, T = 100, in-process ABBA of 4 rows against RF_RMAX, same bits):
+ * GRU H = 64 -10.6%, -9% (5 rows), H = 96 -2.4%, H = 128 -2.2%, H = 256 -1.5%; LSTM H = 64 -3.1%, H = 128
+ * -0.4%, H = 256 -0.4%; RNN H = 128 -4.2%, H = 256 +1.1%. 2 and 3 rows were 9-17% slower (LSTM, GRU H = 128). */
+#define RF_SHADOW_ROWS 4
 typedef struct {
     rf_index next, end, g, g_lo, g_hi; /* rows < next done for every group; group g next for the block */
     int R, on;
@@ -695,7 +709,7 @@ static RF_INLINE void SFX(xwq_init)(const rf_ctx *c, const rf_split *sp, int own
     q->end = c->T * c->B;
     q->next = q->g_hi > q->g_lo ? 0 : q->end; /* a thread without groups has nothing to project */
     q->g = q->g_lo;
-    q->R = RF_RMAX(NV);
+    q->R = RF_SHADOW_ROWS;
 }
 
 static RF_INLINE void SFX(xwq_tile)(const rf_ctx *c, SFX(xwq) *q) {

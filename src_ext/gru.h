@@ -16,33 +16,35 @@ static RF_INLINE VEC SFX(gru_after_state)(VEC r, VEC z, VEC hn, VEC xn, int has_
  * whole vector of units), out of line as LSTM's (lstm_fwd_epi). Row i's accumulators at acc + i*sa, xw row
  * at xr + i*sx (gates H apart; NULL with fuse_x, whose accumulators hold x's part of r and z already), x's
  * n term at xn + i*sxn, h_{s-1} at hp + i*sh, h_s and y at hn + i*sh and y + i*sy; bias and b_hn at
- * this group's units (or NULL); for training (gs not NULL) the saves at gs, hps, ms. */
+ * this group's units (or NULL), row i's sbias further; for training (gs not NULL) the saves at gs + i*sg,
+ * hps, ms (stride sy). The "rows" may also be a single row's consecutive panel groups (batch 1: strides of
+ * V units), so that their chains overlap as rows' do. */
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gru_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, const REAL *xn, rf_index sxn,
-        rf_index H, const REAL *bias, const REAL *b_hn, const REAL *hp, REAL *hn, rf_index sh, REAL *y,
-        rf_index sy, REAL *gs, REAL *hps, REAL *ms) {
+        rf_index H, const REAL *bias, const REAL *b_hn, rf_index sbias, const REAL *hp, REAL *hn, rf_index sh,
+        REAL *y, rf_index sy, REAL *gs, rf_index sg, REAL *hps, REAL *ms) {
     for (int i = 0; i < nr; i++) {
-        const REAL *a = acc + i * sa;
+        const REAL *a = acc + i * sa, *bi = bias ? bias + i * sbias : NULL;
         VEC pr = SFX(vload)(a), pz = SFX(vload)(a + V);
         if (xr) {
             pr += SFX(vload)(xr + i * sx);
             pz += SFX(vload)(xr + i * sx + H);
         }
-        if (bias) {
-            pr += SFX(vload)(bias);
-            pz += SFX(vload)(bias + H);
+        if (bi) {
+            pr += SFX(vload)(bi);
+            pz += SFX(vload)(bi + H);
         }
         const VEC r = SFX(vsigmoid)(pr), z = SFX(vsigmoid)(pz);
         VEC hh = SFX(vload)(a + 2 * V), n;
-        if (b_hn) hh += SFX(vload)(b_hn);
-        const VEC h = SFX(gru_after_state)(r, z, hh, SFX(vload)(xn + i * sxn), bias != NULL,
-                                           bias ? SFX(vload)(bias + 2 * H) : SFX(vsplat)(0), SFX(vload)(hp + i * sh), &n);
+        if (b_hn) hh += SFX(vload)(b_hn + i * sbias);
+        const VEC h = SFX(gru_after_state)(r, z, hh, SFX(vload)(xn + i * sxn), bi != NULL,
+                                           bi ? SFX(vload)(bi + 2 * H) : SFX(vsplat)(0), SFX(vload)(hp + i * sh), &n);
         SFX(vstore)(hn + i * sh, h);
         SFX(vstore)(y + i * sy, h);
-        if (gs) { /* training: the gates (row stride 3H), h_{s-1} and the n-gate's hidden term (stride sy) */
-            SFX(vstore)(gs + i * 3 * H, r);
-            SFX(vstore)(gs + i * 3 * H + H, z);
-            SFX(vstore)(gs + i * 3 * H + 2 * H, n);
+        if (gs) { /* training: the gates (row stride sg), h_{s-1} and the n-gate's hidden term (stride sy) */
+            SFX(vstore)(gs + i * sg, r);
+            SFX(vstore)(gs + i * sg + H, z);
+            SFX(vstore)(gs + i * sg + 2 * H, n);
             SFX(vstore)(hps + i * sy, SFX(vload)(hp + i * sh));
             SFX(vstore)(ms + i * sy, hh);
         }
@@ -85,12 +87,17 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                 rf_index t, len; /* every row at the same time index (no lengths) */
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;
-                SFX(gru_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V, xws ? xws + r0 * GH + j0 : NULL, GH,
-                                 xws ? xws + r0 * GH + 2 * H + j0 : xn, xws ? GH : V, H,
-                                 bias ? bias + j0 : NULL, b_hn ? b_hn + j0 : NULL, hprev + r0 * H + j0,
-                                 hnext + r0 * H + j0, H, y + row * H + j0, H,
-                                 c->training ? g_tb + row * GH + j0 : NULL, c->training ? hp_tb + row * H + j0 : NULL,
-                                 c->training ? m_tb + row * H + j0 : NULL);
+                /* a single row with its xw rows: its m groups in one call, as rows V units apart (same bits) */
+                const int ng = nr == 1 && xws && (g_cur + m) * V <= H ? (int)(g_cur + m - grp) : 1;
+                const rf_index rs = ng > 1 ? V : 0; /* the stride of the "rows" when they are groups */
+                SFX(gru_fwd_epi)(ng > 1 ? ng : nr, out + (grp - g_cur) * NV * V, NV * V,
+                                 xws ? xws + r0 * GH + j0 : NULL, rs ? rs : GH,
+                                 xws ? xws + r0 * GH + 2 * H + j0 : xn, rs ? rs : xws ? GH : V, H,
+                                 bias ? bias + j0 : NULL, b_hn ? b_hn + j0 : NULL, rs, hprev + r0 * H + j0,
+                                 hnext + r0 * H + j0, rs ? rs : H, y + row * H + j0, rs ? rs : H,
+                                 c->training ? g_tb + row * GH + j0 : NULL, rs ? rs : GH,
+                                 c->training ? hp_tb + row * H + j0 : NULL, c->training ? m_tb + row * H + j0 : NULL);
+                if (ng > 1) break;
                 continue;
             }
             for (int i = 0; i < nr; i++) {

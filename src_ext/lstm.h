@@ -13,7 +13,9 @@
 static RF_INLINE void SFX(lstm_gates)(const VEC pre[4], int o_later, VEC *f, VEC *ig, VEC *dod, VEC *g) {
     VEC ng;
     const VEC di = SFX(vsigmoid_den)(pre[0]), dg = SFX(vtanh_nd)(pre[2], &ng), r = (REAL)1 / (di * dg);
-    *ig = ng * r;
+    VEC igv = ng * r;
+    RF_ROUNDED(igv); /* c_t = f c_{t-1} + i g fuses f c_{t-1} in every caller (see RF_ROUNDED) */
+    *ig = igv;
     *f = (REAL)1 / SFX(vsigmoid_den)(pre[1]);
     *dod = o_later ? pre[3] : SFX(vsigmoid_den)(pre[3]);
     if (g) { /* i exactly 1 where d_i rounds to 1 (a saturated gate has a zero derivative) */
@@ -54,7 +56,9 @@ static RF_INLINE void SFX(lstm_epi_pre)(VEC pre[4], const REAL *acc, const REAL 
  * every row active, a whole vector of units), out of line: inside the worker, GCC kept reloading the
  * activations' constants and spilling between the rows (LSTM mid steps -2.5% here). Row i's accumulators
  * at acc + i*sa, xw row at xr + i*sx (gates H apart; xr NULL with fuse_x), c at cb + i*sc, h_{t-1} at
- * hp + i*sh, h and y at hn + i*sh and y + i*sy; for training (gs not NULL) the saves at gs, cs, cps, hps.
+ * hp + i*sh, h and y at hn + i*sh and y + i*sy, bias at bias + i*sbias; for training (gs not NULL) the saves
+ * at gs + i*sg, cs, cps, hps (stride sy). The "rows" may also be a single row's consecutive panel groups
+ * (batch 1: strides of V units), so that their chains overlap as rows' do.
  * Inference runs in phases over the rows, each a loop of independent short iterations (the gates of every
  * row, then c_t, then o * tanh c_t): row by row, one row's chain of dependent operations (~200 cycles:
  * gates, c_t, tanh c_t) filled the reorder window and the core waited on it (this function alone, 6 rows,
@@ -62,19 +66,19 @@ static RF_INLINE void SFX(lstm_epi_pre)(VEC pre[4], const REAL *acc, const REAL 
  * training forward measured 5% slower (LSTM mid and big). The bits are the same either way. */
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(lstm_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, rf_index H, const REAL *bias,
-        REAL *cb, rf_index sc, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy, REAL *gs,
-        REAL *cs, REAL *cps, REAL *hps) {
+        rf_index sbias, REAL *cb, rf_index sc, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy,
+        REAL *gs, rf_index sg, REAL *cs, REAL *cps, REAL *hps) {
     if (gs) {
         for (int i = 0; i < nr; i++) {
             VEC pre[4], g[4], cn;
-            SFX(lstm_epi_pre)(pre, acc + i * sa, xr ? xr + i * sx : NULL, H, bias);
+            SFX(lstm_epi_pre)(pre, acc + i * sa, xr ? xr + i * sx : NULL, H, bias ? bias + i * sbias : NULL);
             const VEC cp = SFX(vload)(cb + i * sc);
             const VEC m = SFX(lstm_cell)(pre, cp, 0, SFX(vsplat)(0), g, &cn);
             SFX(vstore)(cb + i * sc, cn);
             SFX(vstore)(hn + i * sh, m);
             SFX(vstore)(y + i * sy, m);
-            /* the gates (row stride 4H), c_t, c_{t-1} and h_{t-1} (stride sy) */
-            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) SFX(vstore)(gs + i * 4 * H + q * H, g[q]);
+            /* the gates (row stride sg), c_t, c_{t-1} and h_{t-1} (stride sy) */
+            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) SFX(vstore)(gs + i * sg + q * H, g[q]);
             SFX(vstore)(cs + i * sy, cn);
             SFX(vstore)(cps + i * sy, cp);
             SFX(vstore)(hps + i * sy, SFX(vload)(hp + i * sh));
@@ -84,7 +88,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(lstm_fwd_epi)
     VEC f[8], ig[8], dod[8];
     for (int i = 0; i < nr; i++) {
         VEC pre[4];
-        SFX(lstm_epi_pre)(pre, acc + i * sa, xr ? xr + i * sx : NULL, H, bias);
+        SFX(lstm_epi_pre)(pre, acc + i * sa, xr ? xr + i * sx : NULL, H, bias ? bias + i * sbias : NULL);
         SFX(lstm_gates)(pre, 0, &f[i], &ig[i], &dod[i], NULL);
     }
     for (int i = 0; i < nr; i++) SFX(vstore)(cb + i * sc, f[i] * SFX(vload)(cb + i * sc) + ig[i]);
@@ -133,12 +137,16 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;
                 const int tr = c->training;
-                SFX(lstm_fwd_epi)(nr, out + (grp - g_cur) * NV * V, NV * V,
-                                  xws ? xws + r0 * GH + j0 : NULL, GH, H,
-                                  bias ? bias + j0 : NULL, cb + r0 * Hp + j0, Hp, hprev + r0 * K + j0,
-                                  hnext + r0 * K + j0, K, y + row * K + j0, K, tr ? g_tb + row * GH + j0 : NULL,
-                                  tr ? c_tb + row * H + j0 : NULL, tr ? cp_tb + row * H + j0 : NULL,
+                /* a single row: its m groups in one call, as rows V units apart (the same bits) */
+                const int ng = nr == 1 && (g_cur + m) * V <= H ? (int)(g_cur + m - grp) : 1;
+                const rf_index rs = ng > 1 ? V : 0; /* the stride of the "rows" when they are groups */
+                SFX(lstm_fwd_epi)(ng > 1 ? ng : nr, out + (grp - g_cur) * NV * V, NV * V,
+                                  xws ? xws + r0 * GH + j0 : NULL, rs ? rs : GH, H, bias ? bias + j0 : NULL, rs,
+                                  cb + r0 * Hp + j0, rs ? rs : Hp, hprev + r0 * K + j0, hnext + r0 * K + j0,
+                                  rs ? rs : K, y + row * K + j0, rs ? rs : K, tr ? g_tb + row * GH + j0 : NULL,
+                                  rs ? rs : GH, tr ? c_tb + row * H + j0 : NULL, tr ? cp_tb + row * H + j0 : NULL,
                                   tr ? hp_tb + row * K + j0 : NULL);
+                if (ng > 1) break;
                 continue;
             }
             for (int i = 0; i < nr; i++) {

@@ -185,6 +185,16 @@ def test_matches_reference_on_grid(rng, case, dtype, row, threads):
     check_against_reference(rng, case, dtype, T, B, I, H, P, **options)
 
 
+# Batch 1 without lengths (the row kernel, the projection in the barrier's shadow, LSTM's and GRU's epilogue
+# over several panel groups at once), forward and backward against the reference, on 1 and 2 threads.
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=["1thread", "2threads"])
+@pytest.mark.parametrize("H", [40, 72, 136])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_batch1_matches_reference(rng, case, dtype, H, threads):
+    check_against_reference(rng, case, dtype, 6, 1, 9, H, H - 1, bias="both", lengths=None, reverse=False)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("lengths", [None, "random"], ids=["full", "lengths"])
 @pytest.mark.parametrize("bias", sorted(BIAS))
@@ -250,6 +260,13 @@ def test_saved_is_none_unless_training_and_inference_matches_training(rng, case)
     assert saved_t is not None
     for name, o, o_t in zip(OUT_NAMES[cell], out, out_t):
         np.testing.assert_array_equal(o, o_t, err_msg=name)
+    # without lengths every row takes the epilogues' common path (one row, 6-row tiles, the fused projection)
+    for B in (1, 6, 40):
+        cell, a, kw = make_problem(rng, case, 4, B, 5, 40, 3)
+        out, _ = forward(ops, cell, a, kw)
+        out_t, _ = forward(ops, cell, a, kw, training=True)
+        for name, o, o_t in zip(OUT_NAMES[cell], out, out_t):
+            np.testing.assert_array_equal(o, o_t, err_msg=f"B = {B}: {name}")
 
 
 @pytest.mark.parametrize("case", CASES)

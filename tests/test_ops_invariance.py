@@ -73,6 +73,27 @@ def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
     assert_same_bits((tuple(out3), tuple(backward(ops, cell, d, saved3, a))), expected, "forward 3, backward 1")
 
 
+# A single row without lengths takes the batch-1 fast paths: the recurrent row sums its k range in two blocks
+# (gemm_row1), the input projection runs in the barrier's shadow in 4-row tiles, and LSTM's and GRU's
+# epilogue runs over a thread's panel groups in one call, as if they were rows (how many groups depends on
+# the thread count). H = 72 and 136: whole groups and a partial last one, 1-4 groups a thread.
+@pytest.mark.parametrize("H", [72, 136])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_batch1_thread_count_changes_no_bit(rng, case, dtype, H):
+    T = 5
+    cell, a, kw = make_problem(rng, case, T, 1, 7, H, H - 3, dtype=dtype)
+    out, _ = forward(ops, cell, a, kw)
+    d = d_outputs_for(rng, out)
+    expected = run(cell, a, kw, d, threads=1)
+    for n in (2, 3):
+        assert_same_bits(run(cell, a, kw, d, threads=n), expected, f"{n} threads vs 1")
+        rnnfast.set_num_threads(n)
+        inference, _ = forward(ops, cell, a, kw)
+        for name, o, e in zip(OUT_NAMES[cell], inference, expected[0]):
+            assert np.array_equal(o, e), f"inference on {n} threads vs training on 1: {name} differs"
+
+
 # The weight gradients read x, hprev and m (the projection's or reset-before's) where they are when their
 # rows are whole panel groups (I, H, P = 32, 32, 16 here, for every lane width) and pack them otherwise;
 # padding (lengths) keeps x packed. Packing forced (ops._IN_PLACE_MAX_ROW_BYTES = 0) changes no bit, and the
