@@ -536,6 +536,19 @@ static RF_INLINE void SFX(gates_gemm)(const rf_ctx *c, rf_index s, rf_index r0, 
         SFX(step_gemm)(nr, m, NV, A, K, panel, g0, out, g_lo, g_hi, tile_i, tile_n, rev, K1, done, part);
 }
 
+/* A forward gate phase's out-of-line epilogue (lstm_fwd_epi, gru_fwd_epi), called at group grp of a step tile
+ * of nr rows and groups g_cur..g_cur+m-1: for the tile's rows, or, for a single row whose m groups are all
+ * whole vectors of units (and `ok`), for the row's groups from grp on as "rows" V units apart: one call then
+ * overlaps their dependent chains as it does rows' (same bits), where one call a group ran each as a chain
+ * alone. Returns the call's rows, with *rs = V for groups (the caller then leaves the group loop) and 0 for
+ * rows (the rows' own strides). */
+static RF_INLINE int SFX(epi_rows)(int nr, rf_index g_cur, rf_index m, rf_index grp, rf_index H, int ok,
+                                   rf_index *rs) {
+    const int groups = ok && nr == 1 && m > 1 && (g_cur + m) * V <= H;
+    *rs = groups ? V : 0;
+    return groups ? (int)(g_cur + m - grp) : nr;
+}
+
 /* What a step phase's epilogue reads or writes for one tile, asked for (into L2) before the tile's GEMM so
  * that it arrives while the GEMM runs: the epilogue otherwise met each of these lines as a miss of its own
  * (the projection xw, dy and the saves of a whole sequence live in L3 or memory), one at a time between

@@ -87,17 +87,15 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                 rf_index t, len; /* every row at the same time index (no lengths) */
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;
-                /* a single row with its xw rows: its m groups in one call, as rows V units apart (same bits) */
-                const int ng = nr == 1 && xws && (g_cur + m) * V <= H ? (int)(g_cur + m - grp) : 1;
-                const rf_index rs = ng > 1 ? V : 0; /* the stride of the "rows" when they are groups */
-                SFX(gru_fwd_epi)(ng > 1 ? ng : nr, out + (grp - g_cur) * NV * V, NV * V,
-                                 xws ? xws + r0 * GH + j0 : NULL, rs ? rs : GH,
-                                 xws ? xws + r0 * GH + 2 * H + j0 : xn, rs ? rs : xws ? GH : V, H,
-                                 bias ? bias + j0 : NULL, b_hn ? b_hn + j0 : NULL, rs, hprev + r0 * H + j0,
-                                 hnext + r0 * H + j0, rs ? rs : H, y + row * H + j0, rs ? rs : H,
-                                 c->training ? g_tb + row * GH + j0 : NULL, rs ? rs : GH,
+                rf_index rs; /* a single row with its xw rows: its groups as rows V units apart (epi_rows) */
+                const int n = SFX(epi_rows)(nr, g_cur, m, grp, H, xws != NULL, &rs);
+                const rf_index sx = rs ? rs : GH, sh = rs ? rs : H;
+                SFX(gru_fwd_epi)(n, out + (grp - g_cur) * NV * V, NV * V, xws ? xws + r0 * GH + j0 : NULL, sx,
+                                 xws ? xws + r0 * GH + 2 * H + j0 : xn, xws ? sx : V, H, bias ? bias + j0 : NULL,
+                                 b_hn ? b_hn + j0 : NULL, rs, hprev + r0 * H + j0, hnext + r0 * H + j0, sh,
+                                 y + row * H + j0, sh, c->training ? g_tb + row * GH + j0 : NULL, sx,
                                  c->training ? hp_tb + row * H + j0 : NULL, c->training ? m_tb + row * H + j0 : NULL);
-                if (ng > 1) break;
+                if (rs) break;
                 continue;
             }
             for (int i = 0; i < nr; i++) {

@@ -137,16 +137,15 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;
                 const int tr = c->training;
-                /* a single row: its m groups in one call, as rows V units apart (the same bits) */
-                const int ng = nr == 1 && (g_cur + m) * V <= H ? (int)(g_cur + m - grp) : 1;
-                const rf_index rs = ng > 1 ? V : 0; /* the stride of the "rows" when they are groups */
-                SFX(lstm_fwd_epi)(ng > 1 ? ng : nr, out + (grp - g_cur) * NV * V, NV * V,
-                                  xws ? xws + r0 * GH + j0 : NULL, rs ? rs : GH, H, bias ? bias + j0 : NULL, rs,
-                                  cb + r0 * Hp + j0, rs ? rs : Hp, hprev + r0 * K + j0, hnext + r0 * K + j0,
-                                  rs ? rs : K, y + row * K + j0, rs ? rs : K, tr ? g_tb + row * GH + j0 : NULL,
-                                  rs ? rs : GH, tr ? c_tb + row * H + j0 : NULL, tr ? cp_tb + row * H + j0 : NULL,
+                rf_index rs; /* a single row: its groups as rows V units apart (epi_rows) */
+                const int n = SFX(epi_rows)(nr, g_cur, m, grp, H, 1, &rs);
+                const rf_index sx = rs ? rs : GH, sc = rs ? rs : Hp, sk = rs ? rs : K;
+                SFX(lstm_fwd_epi)(n, out + (grp - g_cur) * NV * V, NV * V, xws ? xws + r0 * GH + j0 : NULL, sx, H,
+                                  bias ? bias + j0 : NULL, rs, cb + r0 * Hp + j0, sc, hprev + r0 * K + j0,
+                                  hnext + r0 * K + j0, sk, y + row * K + j0, sk, tr ? g_tb + row * GH + j0 : NULL,
+                                  sx, tr ? c_tb + row * H + j0 : NULL, tr ? cp_tb + row * H + j0 : NULL,
                                   tr ? hp_tb + row * K + j0 : NULL);
-                if (ng > 1) break;
+                if (rs) break;
                 continue;
             }
             for (int i = 0; i < nr; i++) {
