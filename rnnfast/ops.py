@@ -274,6 +274,24 @@ def _threads(B, G, H, K):
     return max(1, min(n, (B * G * H * K) // _MIN_STEP_WORK_PER_THREAD))
 
 
+# A batch-1 forward whose steps stay on one thread (above) but whose input projection x @ w_ih^T has at
+# least this many multiply-adds gets a second thread that only projects, while the first runs the steps
+# (common.h, fwd_begin; the bits are one thread's). The second thread costs ~2 us a call (waking it, and
+# the first step waits for its first rows). Measured 2026-11-24 (float32, I = H, in-process ABBA against
+# one thread, medians of 40 rounds): RNN H = 64, T = 100 (409600 multiply-adds) -4.4% and -5%, T = 1000
+# -23%; GRU H = 32, T = 100 (307200) -5%; LSTM H = 32, T = 100 (409600) -5%; RNN H = 32, T = 300 (307200)
+# +2.5%; RNN H = 48, T = 100 (230400, below) +2.5%; T = 1 calls +2 to +3 us.
+_HELPER_MIN_WORK = 1 << 18
+
+
+def _forward_threads(T, B, I, H, K, G, xw_steps, fuse_x):
+    """(threads, xw_helper) for a forward call."""
+    nt = _threads(B, G, H, K)
+    helper = (nt == 1 and B == 1 and not fuse_x and xw_steps == T and T * I * G * H >= _HELPER_MIN_WORK
+              and min(get_num_threads(), _cpus()) >= 2)
+    return (2, True) if helper else (nt, False)
+
+
 # The input projection x @ w_ih^T runs in chunks of loop steps, each just before its steps, into a buffer
 # that stays in cache: written and read back once, a whole-sequence buffer larger than the caches costs a
 # round trip through memory. A chunk holds at least 128 rows (enough to reuse each w_ih panel well) and
@@ -578,9 +596,11 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             if _may_be_users(x, user[0]):
                 # backward's private copy of x (see _private), made by the kernel's threads on their way in
                 a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
+        nt, helper = _forward_threads(T, B, I, H, K, G, xw_steps, fuse_x)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
-                     _threads(B, G, H, K), ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
-                     split=_split(cell, B, H, K, training, False), hp_shared=hp_shared, fuse_x=fuse_x)
+                     nt, ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
+                     split=_split(cell, B, H, K, training, False), hp_shared=hp_shared, fuse_x=fuse_x,
+                     xw_helper=helper)
     saved = None
     if training:
         saved = _Saved()

@@ -298,6 +298,58 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
     }
 }
 
+/* Both blocks of a single row's k split (step_gemm) in one loop: [0, K1) into out, [K1, K) into p. Each block
+ * is the same chain over k as in its own gemm_row1 call, so the bits are the same, but with up to 4 vectors a
+ * call one block's chains alone leave the FMA units waiting on their latency (RNN H = 64 on one thread: 4
+ * chains of 64 FMAs a step); two blocks side by side keep twice as many in flight. */
+#define RF_ROW1X2(MG, NVV)                                                                   \
+    case (MG) * 8 + (NVV): {                                                                 \
+        VEC a0[MG][NVV], a1[MG][NVV];                                                        \
+        _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++)                                 \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) a0[g][v] = a1[g][v] = (VEC){0}; \
+        const rf_index n = K1 < K - K1 ? K1 : K - K1;                                        \
+        rf_index k = 0;                                                                      \
+        for (; k < n; k++) {                                                                 \
+            const REAL x0 = A[k], x1 = A[K1 + k];                                            \
+            _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++) {                           \
+                const REAL *p0 = panel + g * gs + k * (NVV * V), *p1 = p0 + K1 * (NVV * V);  \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) {                      \
+                    a0[g][v] += x0 * SFX(vload)(p0 + v * V);                                 \
+                    a1[g][v] += x1 * SFX(vload)(p1 + v * V);                                 \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+        for (rf_index k0 = k; k0 < K1; k0++) {                                               \
+            const REAL x0 = A[k0];                                                           \
+            _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++)                             \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                            \
+                a0[g][v] += x0 * SFX(vload)(panel + g * gs + k0 * (NVV * V) + v * V);       \
+        }                                                                                    \
+        for (rf_index k1 = K1 + k; k1 < K; k1++) {                                           \
+            const REAL x1 = A[k1];                                                           \
+            _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++)                             \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++)                            \
+                a1[g][v] += x1 * SFX(vload)(panel + g * gs + k1 * (NVV * V) + v * V);       \
+        }                                                                                    \
+        _Pragma("GCC unroll 4") for (int g = 0; g < MG; g++)                                 \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NVV; v++) {                              \
+            SFX(vstore)(out + (g * NVV + v) * V, a0[g][v]);                                  \
+            SFX(vstore)(p + (g * NVV + v) * V, a1[g][v]);                                    \
+        }                                                                                    \
+        return;                                                                              \
+    }
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1x2)(
+        int MG, int NV, const REAL *A, rf_index K1, rf_index K, const REAL *panel, rf_index gs, REAL *out, REAL *p) {
+    for (rf_index k = 0; k < K; k += 64 / sizeof(REAL)) __builtin_prefetch(A + k);
+    switch (MG * 8 + NV) {
+        RF_ROW1X2(1, 1) RF_ROW1X2(2, 1) RF_ROW1X2(3, 1) RF_ROW1X2(4, 1)
+        RF_ROW1X2(1, 2) RF_ROW1X2(2, 2) RF_ROW1X2(1, 3) RF_ROW1X2(1, 4)
+        default: break;
+    }
+}
+/* the shapes gemm_row1x2 has */
+#define RF_ROW1X2_HAS(MG, NV) ((MG) * (NV) <= 4)
+
 /* out (R x NV vectors, rows NV*V apart) (+)= A rows @ a panel group of NV vectors (rows ldp apart): in one pass when the
  * tile has a variant (up to 4 rows; 6 rows of 4 vectors, 8 of 3), else 2 vectors at a time. */
 static RF_INLINE void SFX(gemm_tile_x)(int R, int NV, const REAL *const *A, rf_index ak, rf_index K,
@@ -430,8 +482,12 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
         }
         REAL p[RF_ROW1_MAXG * 4 * V] __attribute__((aligned(64)));
         if (!done) {
-            SFX(gemm_row1)(m, NV, A[0], 0, K1, pg, gsize, out);
-            SFX(gemm_row1)(m, NV, A[0], K1, K, pg, gsize, p);
+            if (RF_ROW1X2_HAS(m, NV)) {
+                SFX(gemm_row1x2)(m, NV, A[0], K1, K, pg, gsize, out, p);
+            } else {
+                SFX(gemm_row1)(m, NV, A[0], 0, K1, pg, gsize, out);
+                SFX(gemm_row1)(m, NV, A[0], K1, K, pg, gsize, p);
+            }
             part = p;
         } else {
             SFX(gemm_row1)(m, NV, A[0], done == 1 ? K1 : 0, done == 1 ? K : K1, pg, gsize, out);
@@ -648,8 +704,9 @@ static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo
     }
 }
 
-/* Prologue of every call: the panels, each thread packing its share of every operand's groups. */
-static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
+/* Prologue of every call: the panels, each thread packing its share of every operand's groups (but the
+ * operand packed into `skip`, if any). */
+static RF_INLINE void SFX(pack_panels_but)(const rf_ctx *c, rf_split *sp, const void *skip) {
     if (c->x_copy) { /* a training forward's private copy of x, each thread a share of the rows */
         rf_index lo, hi;
         rf_share(sp, c->T * c->B, &lo, &hi);
@@ -659,6 +716,7 @@ static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
     }
     for (int i = 0; i < c->n_packs; i++) {
         const rf_pack_spec *p = &c->packs[i];
+        if (skip && p->dst == skip) continue;
         rf_index g_lo, g_hi;
         rf_share(sp, RF_NGRP(p->N, p->ub), &g_lo, &g_hi);
         SFX(pack_groups)((const REAL *)p->src, p->s_g, p->s_j, p->s_k, p->Gs, p->N, p->K, p->ub, g_lo, g_hi,
@@ -666,6 +724,7 @@ static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) {
     }
     rf_sync_all(sp);
 }
+static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) { SFX(pack_panels_but)(c, sp, NULL); }
 
 /* Forward, before loop step s0 whenever s0 starts a chunk: xw rows of steps s0..s0+xw_steps-1 (x @ w_ih^T,
  * no bias). Batch split: each thread projects its own rows, which only it reads, with no barrier, in
@@ -752,32 +811,91 @@ static RF_INLINE const REAL *SFX(xw_step)(const rf_ctx *c, rf_index s) {
     return (const REAL *)c->xw + (s % c->xw_steps) * c->B * c->G * c->H;
 }
 
-/* Before loop step s: its xw rows (up front per chunk, or what the shadow has not done yet). */
+/* Batch 1 whose steps are too short for two threads to share (ops.py, _threads) but whose input projection
+ * is not (RNN H = 64, T = 100: x @ w_ih^T is as many multiply-adds as the steps, ~5 us of a ~30 us call at
+ * the FMA peak): the second thread packs w_ih's panels and projects every row, all groups, in blocks of
+ * RF_HELPER_ROWS in order, publishing each block; the first packs everything else and runs every step
+ * alone, waiting before step s only until s's row is published (project_for). The threads meet nowhere
+ * else. The steps and every xw element are the computations one thread makes, so the bits are one
+ * thread's. The prologue of a forward worker (instead of pack_panels): returns 1 to the helper, whose work
+ * is then done. A call that got one thread runs as one thread (project_for projects up front). */
+#define RF_HELPER_ROWS 8
+#define RF_HELPER_AHEAD 4
+/* the helper's part, out of line: inlined, it grew each worker by a sixth and slowed the calls that never
+ * take it (GRU batch 1 H = 64 +6%) */
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(xw_helper)(const rf_ctx *c, const rf_split *sp,
+                                                                                const rf_pack_spec *wih) {
+    SFX(pack_groups)((const REAL *)wih->src, wih->s_g, wih->s_j, wih->s_k, wih->Gs, wih->N, wih->K, wih->ub, 0,
+                     RF_NGRP(wih->N, wih->ub), (REAL *)wih->dst, wih->row_len, wih->row_B > 0 ? wih->row_B : 1);
+    const rf_index n = c->T * c->B;
+    const SFX(rowmap) map = {c, 0, 0, c->B};
+    for (rf_index r = 0; r < n; r += RF_HELPER_ROWS) {
+        const rf_index hi = n - r < RF_HELPER_ROWS ? n : r + RF_HELPER_ROWS;
+        SFX(rows_gemm)(r, hi, 0, RF_NGRP(c->H, c->uih), hi - r, &map, (const REAL *)c->x, c->n_in, c->n_in,
+                       (const REAL *)c->wih_pack, (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+        __atomic_store_n(&sp->barrier->progress->epoch, (unsigned)hi, __ATOMIC_RELEASE);
+    }
+}
+static RF_INLINE int SFX(fwd_begin)(const rf_ctx *c, rf_split *sp) {
+    const rf_pack_spec *wih = NULL;
+    if (c->xw_helper && sp->nt == 2)
+        for (int i = 0; i < c->n_packs; i++)
+            if (c->packs[i].dst == c->wih_pack) wih = &c->packs[i];
+    if (wih && sp->tid == 1) {
+        SFX(xw_helper)(c, sp, wih);
+        return 1;
+    }
+    if (wih) {
+        sp->nt = 1;
+        sp->batch = 1;
+        sp->r_lo = 0;
+        sp->r_hi = c->B;
+        sp->helped = 1;
+    }
+    SFX(pack_panels_but)(c, sp, wih ? c->wih_pack : NULL);
+    return 0;
+}
+
+/* Before loop step s: its xw rows (up front per chunk, what the shadow has not done yet, or the helper's). */
 static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s) {
     if (c->fuse_x) return;
-    if (!q->on) {
+    if (sp->helped) {
+        const unsigned need = (unsigned)((s + 1) * c->B);
+        for (int spins = 0; __atomic_load_n(&sp->barrier->progress->epoch, __ATOMIC_ACQUIRE) < need;)
+            rf_spin(&spins);
+    } else if (!q->on) {
         /* a chunk overwrites rows another thread may still read in the last step */
         if (s % c->xw_steps == 0) SFX(step_finish)(c, sp, q);
         SFX(project_chunk)(c, sp, s);
     } else
         while (q->next < (s + 1) * c->B) SFX(xwq_tile)(c, q);
-    /* a single row: ask for the step's xw lines of this thread's units now (its epilogue waited on them) */
+    /* a single row: ask for the step's xw lines of this thread's units now (its epilogue waited on them);
+     * the helper's rows are in the other core's cache: also ask for a row RF_HELPER_AHEAD steps on, if
+     * published, so that it has arrived when its step comes */
     if (sp->r_hi - sp->r_lo == 1 && s < c->T) {
         rf_index g_lo, g_hi;
         rf_groups(sp, RF_NGRP(c->H, c->ub), &g_lo, &g_hi);
         const rf_index j_lo = g_lo * c->ub * V, j_hi = g_hi * c->ub * V < c->H ? g_hi * c->ub * V : c->H;
-        const REAL *row = SFX(xw_step)(c, s) + sp->r_lo * c->G * c->H;
-        for (rf_index g = 0; g < c->G; g++)
-            for (rf_index j = j_lo; j < j_hi; j += 64 / sizeof(REAL)) __builtin_prefetch(row + g * c->H + j);
+        const rf_index s2 = s + RF_HELPER_AHEAD;
+        const int ahead = sp->helped && s2 < c->T &&
+                          __atomic_load_n(&sp->barrier->progress->epoch, __ATOMIC_RELAXED) >= (unsigned)(s2 + 1);
+        for (int i = 0; i <= ahead; i++) {
+            const REAL *row = SFX(xw_step)(c, i ? s2 : s) + sp->r_lo * c->G * c->H;
+            for (rf_index g = 0; g < c->G; g++)
+                for (rf_index j = j_lo; j < j_hi; j += 64 / sizeof(REAL)) __builtin_prefetch(row + g * c->H + j);
+        }
     }
 }
 
 /* Batch 1, the forward phases whose GEMM reads the state the previous step wrote (h_{s-1}: K = H units,
  * made by the phase's own panel groups): a single row's k range sums in two blocks, [0, K1) and [K1, K),
- * which are then added. K1 is where a split of the groups between 2 threads puts it (0: one block), a
- * function of H and the panel layout only, so the bits do not depend on the thread count. */
+ * which are then added. K1 is where a split of the groups between 2 threads puts it, or with a single
+ * group (which one thread runs) half of the vectors (0: one block); a function of H and the panel layout
+ * only, so the bits do not depend on the thread count. */
 static RF_INLINE rf_index SFX(row1_k1)(const rf_ctx *c, rf_index K, int ub) {
-    return c->B == 1 ? RF_NGRP(K, ub) / 2 * ub * V : 0;
+    if (c->B != 1) return 0;
+    /* a lone group (one thread has all units): halves of whole vectors, summed side by side (gemm_row1x2) */
+    return RF_NGRP(K, ub) > 1 ? RF_NGRP(K, ub) / 2 * ub * V : K / 2 / V * V;
 }
 
 /* The start of such a phase (any phase: it finishes the previous step's barrier). With 2 threads each

@@ -214,7 +214,7 @@ static RF_INLINE void SFX(gru_fwd_n)(const rf_ctx *c, rf_index s, const rf_split
 RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c, tid, nt, bar);
-    SFX(pack_panels)(c, &sp);
+    if (SFX(fwd_begin)(c, &sp)) return;
     SFX(xwq) q;
     /* reset before: phase n reads xw by the groups of w_hn, not the projection's */
     SFX(xwq_init)(c, &sp, c->mode == 1, &q);

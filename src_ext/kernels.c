@@ -41,10 +41,25 @@ typedef struct {
     _Alignas(64) unsigned epoch;
 } rf_flag;
 typedef struct {
-    rf_flag *flags; /* nt * RF_BAR_ROUNDS, zeroed */
+    rf_flag *flags;    /* nt * RF_BAR_ROUNDS, zeroed */
+    rf_flag *progress; /* the last thread's last round (no barrier has that many rounds), zeroed: the rows a
+                          projection helper has published (common.h, fwd_begin) */
 } rf_barrier;
 
 #define RF_SPINS_BEFORE_YIELD 4000
+
+/* One turn of a wait loop: spin, from the 65th turn with a pause, and from RF_SPINS_BEFORE_YIELD on give
+ * the CPU away. */
+static RF_INLINE void rf_spin(int *spins) {
+    if (*spins < RF_SPINS_BEFORE_YIELD) {
+        ++*spins;
+#if defined(__x86_64__) || defined(__i386__)
+        if (*spins > 64) __builtin_ia32_pause();
+#endif
+    } else {
+        sched_yield();
+    }
+}
 
 /* A barrier in two halves, so that a thread can do work that needs nobody in between: arrive signals the
  * first round and returns the barrier's count; arrived tells whether the first round's signal is in;
@@ -64,16 +79,7 @@ static inline void rf_barrier_finish(rf_barrier *b, int tid, int nt, unsigned e)
     for (int r = 0, d = 1; d < nt; r++, d *= 2) {
         if (r > 0) __atomic_store_n(&b->flags[((tid + d) % nt) * RF_BAR_ROUNDS + r].epoch, e, __ATOMIC_RELEASE);
         const unsigned *mine = &b->flags[tid * RF_BAR_ROUNDS + r].epoch;
-        for (int spins = 0; (int)(__atomic_load_n(mine, __ATOMIC_ACQUIRE) - e) < 0;) {
-            if (spins < RF_SPINS_BEFORE_YIELD) {
-                spins++;
-#if defined(__x86_64__) || defined(__i386__)
-                if (spins > 64) __builtin_ia32_pause();
-#endif
-            } else {
-                sched_yield();
-            }
-        }
+        for (int spins = 0; (int)(__atomic_load_n(mine, __ATOMIC_ACQUIRE) - e) < 0;) rf_spin(&spins);
     }
 }
 
@@ -88,6 +94,7 @@ typedef struct {
     rf_barrier *barrier;
     unsigned pend;  /* the count of a barrier this thread has arrived at and not yet finished (has_pend) */
     int has_pend;
+    int helped;     /* a single thread whose projection another thread makes (xw_helper) */
 } rf_split;
 
 /* The rule: batch rows when every thread gets >= 16 of them. Measured 2026-11-22 (2 threads, float32,
@@ -103,6 +110,7 @@ static RF_INLINE void rf_split_init(rf_split *sp, const rf_ctx *c, int tid, int 
     sp->epoch = 0;
     sp->pend = 0;
     sp->has_pend = 0;
+    sp->helped = 0;
     sp->barrier = barrier;
     if (nt == 1 || c->split == 1) sp->batch = 1;
     else if (c->split == 2) sp->batch = 0;
@@ -189,12 +197,16 @@ static inline void rf_flush_off(unsigned old) { (void)old; }
 #define RF_PARALLEL(c, worker)                                                                  \
     do {                                                                                        \
         int nt_ = (c)->n_threads > 0 ? (c)->n_threads : 1;                                      \
-        rf_barrier bar_ = {NULL};                                                               \
+        rf_barrier bar_ = {NULL, NULL};                                                         \
         if (nt_ > 1) {                                                                          \
             const size_t sz_ = (size_t)nt_ * RF_BAR_ROUNDS * sizeof(rf_flag);                   \
             bar_.flags = (rf_flag *)aligned_alloc(64, sz_);                                     \
-            if (bar_.flags) memset(bar_.flags, 0, sz_);                                         \
-            else nt_ = 1; /* no memory for the flags: one thread needs none */                   \
+            if (bar_.flags) {                                                                   \
+                memset(bar_.flags, 0, sz_);                                                     \
+                bar_.progress = bar_.flags + (size_t)nt_ * RF_BAR_ROUNDS - 1;                   \
+            } else {                                                                            \
+                nt_ = 1; /* no memory for the flags: one thread needs none */                   \
+            }                                                                                   \
         }                                                                                       \
         if (nt_ == 1) {                                                                         \
             RF_FLUSHED(worker(c, 0, 1, &bar_));                                                 \
@@ -207,7 +219,7 @@ static inline void rf_flush_off(unsigned old) { (void)old; }
 #else
 #define RF_PARALLEL(c, worker)                                                  \
     do {                                                                        \
-        rf_barrier bar_ = {NULL};                                               \
+        rf_barrier bar_ = {NULL, NULL};                                         \
         RF_FLUSHED(worker(c, 0, 1, &bar_));                                     \
     } while (0)
 #endif

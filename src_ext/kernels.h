@@ -59,6 +59,8 @@ typedef struct {
     int fuse_x;             /* LSTM, RNN, GRU reset_after: no xw; each step tile sums x_t @ w_ih^T and then
                                h @ w_hh^T in the same accumulators (common.h, fused_gemm); set by ops.py from
                                the shapes only */
+    int xw_helper;          /* forward, batch 1, 2 threads: the second thread only projects (all of xw, in
+                               order) while the first runs every step alone (common.h, fwd_begin) */
     const void *bias;       /* (G*H,) b_ih + b_hh folded (GRU reset_after: n part is b_in only), or NULL */
     const void *b_hn;       /* (H,) GRU reset_after: b_hn, kept inside r * (W_hn h + b_hn); or NULL */
     const void *peep;       /* (3, H) LSTM peephole p_i, p_f, p_o, or NULL */

@@ -258,7 +258,7 @@ static RF_INLINE void SFX(lstm_fwd_proj)(const rf_ctx *c, rf_index s, const rf_s
 RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier *bar) {
     rf_split sp;
     rf_split_init(&sp, c, tid, nt, bar);
-    SFX(pack_panels)(c, &sp);
+    if (SFX(fwd_begin)(c, &sp)) return;
     SFX(xwq) q;
     SFX(xwq_init)(c, &sp, 1, &q);
     for (rf_index s = 0; s < c->T; s++) {

@@ -94,6 +94,41 @@ def test_batch1_thread_count_changes_no_bit(rng, case, dtype, H):
             assert np.array_equal(o, e), f"inference on {n} threads vs training on 1: {name} differs"
 
 
+# A batch-1 forward whose steps stay on one thread but whose input projection is worth a core gets a second
+# thread that only projects (ops._HELPER_MIN_WORK; common.h, fwd_begin), in blocks of 8 rows: T = 21 is two
+# whole blocks and a part. The results are one thread's, bit for bit, with lengths and reversed too, and the
+# helper did run.
+@pytest.mark.parametrize("H", [16, 40])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_projection_helper_changes_no_bit(rng, monkeypatch, case, dtype, H):
+    T = 21
+    cell, a, kw = make_problem(rng, case, T, 1, 9, H, H - 3, dtype=dtype)
+    out, _ = forward(ops, cell, a, kw)
+    d = d_outputs_for(rng, out)
+    for lengths, reverse in ((None, False), (np.array([T - 4]), True)):
+        expected = run(cell, a, kw, d, threads=1, lengths=lengths, reverse=reverse)
+        monkeypatch.setattr(ops, "_HELPER_MIN_WORK", 0)
+        monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 10 ** 12)
+        helped = []
+        kernel_run = ops._kernels.run
+
+        def recording_run(*args, **kwargs):
+            helped.append(kwargs.get("xw_helper", False))
+            return kernel_run(*args, **kwargs)
+
+        monkeypatch.setattr(ops._kernels, "run", recording_run)
+        rnnfast.set_num_threads(2)
+        assert_same_bits(run(cell, a, kw, d, lengths=lengths, reverse=reverse), expected,
+                         "projection helper vs 1 thread")
+        inference, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
+        for name, o, e in zip(OUT_NAMES[cell], inference, expected[0]):
+            assert np.array_equal(o, e), f"inference with the projection helper vs 1 thread: {name} differs"
+        assert helped == [True, False, True], helped  # training forward, backward, inference forward
+        monkeypatch.undo()
+        rnnfast.set_num_threads(1)
+
+
 # The weight gradients read x, hprev and m (the projection's or reset-before's) where they are when their
 # rows are whole panel groups (I, H, P = 32, 32, 16 here, for every lane width) and pack them otherwise;
 # padding (lengths) keeps x packed. Packing forced (ops._IN_PLACE_MAX_ROW_BYTES = 0) changes no bit, and the
