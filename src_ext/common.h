@@ -301,7 +301,9 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
 /* Both blocks of a single row's k split (step_gemm) in one loop: [0, K1) into out, [K1, K) into p. Each block
  * is the same chain over k as in its own gemm_row1 call, so the bits are the same, but with up to 4 vectors a
  * call one block's chains alone leave the FMA units waiting on their latency (RNN H = 64 on one thread: 4
- * chains of 64 FMAs a step); two blocks side by side keep twice as many in flight. */
+ * chains of 64 FMAs a step); two blocks side by side keep twice as many in flight. With row1_k1 splitting a
+ * lone group too (2026-11-24, float32, batch 1, T = 100, in-process ABBA): RNN H = 32, 48, 64 -8%; LSTM and
+ * GRU H = 16, 32 (which had two blocks already) within +-3%. */
 #define RF_ROW1X2(MG, NVV)                                                                   \
     case (MG) * 8 + (NVV): {                                                                 \
         VEC a0[MG][NVV], a1[MG][NVV];                                                        \

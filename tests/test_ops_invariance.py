@@ -94,6 +94,24 @@ def test_batch1_thread_count_changes_no_bit(rng, case, dtype, H):
             assert np.array_equal(o, e), f"inference on {n} threads vs training on 1: {name} differs"
 
 
+# The work rule (ops._MIN_STEP_WORK_PER_THREAD) keeps small batch-1 steps on one thread. Forced onto 2 and 3
+# threads, each thread's row sums its share of the groups: RNN H = 72 (float32) has one group a thread,
+# whose two k blocks (64 and 8 units) the first step sums side by side (gemm_row1x2), where one thread sums
+# them one after the other. The bits are one thread's.
+@pytest.mark.parametrize("H", [40, 72])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_batch1_forced_threads_change_no_bit(rng, monkeypatch, case, dtype, H):
+    T = 5
+    cell, a, kw = make_problem(rng, case, T, 1, 7, H, H - 3, dtype=dtype)
+    out, _ = forward(ops, cell, a, kw)
+    d = d_outputs_for(rng, out)
+    expected = run(cell, a, kw, d, threads=1)
+    monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
+    for n in (2, 3):
+        assert_same_bits(run(cell, a, kw, d, threads=n), expected, f"{n} threads (forced) vs 1")
+
+
 # A batch-1 forward whose steps stay on one thread but whose input projection is worth a core gets a second
 # thread that only projects (ops._HELPER_MIN_WORK; common.h, fwd_begin), in blocks of 8 rows: T = 21 is two
 # whole blocks and a part. The results are one thread's, bit for bit, with lengths and reversed too, and the
