@@ -11,6 +11,12 @@ typedef int64_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 #endif
 #define IVEC SFX(ivec)
 
+/* The compute kernels the steps call out of line, each starting on a cache line, so that where their loops
+ * fall against the fetch blocks does not move with whatever code precedes them in the library. */
+#ifndef RF_KERNEL_FN
+#define RF_KERNEL_FN __attribute__((noinline, visibility("hidden"), aligned(64)))
+#endif
+
 /* x as computed, rounded: a later a * b + x can then only fuse a * b, never the product that made x. Which
  * of two products GCC fuses into a sum depends on the code around it, so the same expression inlined into
  * two callers could round differently (LSTM's c_t = f c + i g differed by an ulp between the inference and
@@ -213,7 +219,7 @@ static RF_INLINE VEC SFX(vrelu)(VEC x) { return SFX(vselect)(x < 0, SFX(vsplat)(
  * compile time without changing speed (a tile runs K iterations; the call is noise). The panel has row
  * stride ldp, out row stride ldo (both in elements). Along the way it asks for up to pf_n cache lines at pf
  * (into L2, one a k step), the part of the next panel this tile fetches ahead (see step_gemm). */
-RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
+RF_CLONES RF_KERNEL_FN void SFX(gemm_tile_k)(
         int R, int NV, const REAL *const *A, rf_index ak, rf_index K, const REAL *panel, rf_index ldp,
         int acc_in, REAL *out, rf_index ldo, const char *pf, rf_index pf_n) {
     const char *pfp = pf, *pf_end = pf_n > 0 ? pf + (pf_n - 1) * 64 : pf;
@@ -250,7 +256,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_k)(
             }                                                                       \
         }
 #define RF_TILE_P(RR, NVV) RF_TILE_BEGIN(RR, NVV) RF_TILE_PLOOP(RR, NVV) RF_TILE_END(RR, NVV)
-RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_p)(
+RF_CLONES RF_KERNEL_FN void SFX(gemm_tile_p)(
         int R, int NV, const REAL *a, rf_index ak, rf_index K, const REAL *panel, rf_index ldp, int acc_in,
         REAL *out, rf_index ldo) {
     switch (R * 8 + NV) {
@@ -284,7 +290,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_tile_p)(
             SFX(vstore)(out + (g * NVV + v) * V, acc[g][v]);                        \
         return;                                                                     \
     }
-RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
+RF_CLONES RF_KERNEL_FN void SFX(gemm_row1)(
         int MG, int NV, const REAL *A, rf_index k_lo, rf_index k_hi, const REAL *panel, rf_index gs, REAL *out) {
     /* the row was written by the other threads at the end of the last step: ask for all its lines at
      * once, not one miss at a time as the k loop reaches them */
@@ -340,7 +346,7 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1)(
         }                                                                                    \
         return;                                                                              \
     }
-RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gemm_row1x2)(
+RF_CLONES RF_KERNEL_FN void SFX(gemm_row1x2)(
         int MG, int NV, const REAL *A, rf_index K1, rf_index K, const REAL *panel, rf_index gs, REAL *out, REAL *p) {
     for (rf_index k = 0; k < K; k += 64 / sizeof(REAL)) __builtin_prefetch(A + k);
     switch (MG * 8 + NV) {
@@ -858,34 +864,43 @@ static RF_INLINE int SFX(fwd_begin)(const rf_ctx *c, rf_split *sp) {
     return 0;
 }
 
+/* project_for of the thread a helper projects for (fwd_begin), out of line like the helper: wait until step
+ * s's row is published, then ask for it, and for the row RF_HELPER_AHEAD steps on if published (the
+ * helper's rows are in the other core's cache; asked for ahead, they have arrived when their step comes). */
+RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(helped_for)(const rf_ctx *c, const rf_split *sp,
+                                                                                 rf_index s) {
+    const unsigned need = (unsigned)((s + 1) * c->B);
+    for (int spins = 0; __atomic_load_n(&sp->barrier->progress->epoch, __ATOMIC_ACQUIRE) < need;) rf_spin(&spins);
+    const rf_index s2 = s + RF_HELPER_AHEAD;
+    const int ahead = s2 < c->T && __atomic_load_n(&sp->barrier->progress->epoch, __ATOMIC_RELAXED) >=
+                                       (unsigned)((s2 + 1) * c->B);
+    for (int i = 0; i <= ahead; i++) {
+        const REAL *row = SFX(xw_step)(c, i ? s2 : s);
+        for (rf_index j = 0; j < c->B * c->G * c->H; j += 64 / sizeof(REAL)) __builtin_prefetch(row + j);
+    }
+}
+
 /* Before loop step s: its xw rows (up front per chunk, what the shadow has not done yet, or the helper's). */
 static RF_INLINE void SFX(project_for)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s) {
     if (c->fuse_x) return;
     if (sp->helped) {
-        const unsigned need = (unsigned)((s + 1) * c->B);
-        for (int spins = 0; __atomic_load_n(&sp->barrier->progress->epoch, __ATOMIC_ACQUIRE) < need;)
-            rf_spin(&spins);
-    } else if (!q->on) {
+        SFX(helped_for)(c, sp, s);
+        return;
+    }
+    if (!q->on) {
         /* a chunk overwrites rows another thread may still read in the last step */
         if (s % c->xw_steps == 0) SFX(step_finish)(c, sp, q);
         SFX(project_chunk)(c, sp, s);
     } else
         while (q->next < (s + 1) * c->B) SFX(xwq_tile)(c, q);
-    /* a single row: ask for the step's xw lines of this thread's units now (its epilogue waited on them);
-     * the helper's rows are in the other core's cache: also ask for a row RF_HELPER_AHEAD steps on, if
-     * published, so that it has arrived when its step comes */
+    /* a single row: ask for the step's xw lines of this thread's units now (its epilogue waited on them) */
     if (sp->r_hi - sp->r_lo == 1 && s < c->T) {
         rf_index g_lo, g_hi;
         rf_groups(sp, RF_NGRP(c->H, c->ub), &g_lo, &g_hi);
         const rf_index j_lo = g_lo * c->ub * V, j_hi = g_hi * c->ub * V < c->H ? g_hi * c->ub * V : c->H;
-        const rf_index s2 = s + RF_HELPER_AHEAD;
-        const int ahead = sp->helped && s2 < c->T &&
-                          __atomic_load_n(&sp->barrier->progress->epoch, __ATOMIC_RELAXED) >= (unsigned)(s2 + 1);
-        for (int i = 0; i <= ahead; i++) {
-            const REAL *row = SFX(xw_step)(c, i ? s2 : s) + sp->r_lo * c->G * c->H;
-            for (rf_index g = 0; g < c->G; g++)
-                for (rf_index j = j_lo; j < j_hi; j += 64 / sizeof(REAL)) __builtin_prefetch(row + g * c->H + j);
-        }
+        const REAL *row = SFX(xw_step)(c, s) + sp->r_lo * c->G * c->H;
+        for (rf_index g = 0; g < c->G; g++)
+            for (rf_index j = j_lo; j < j_hi; j += 64 / sizeof(REAL)) __builtin_prefetch(row + g * c->H + j);
     }
 }
 

@@ -19,7 +19,7 @@ static RF_INLINE VEC SFX(gru_after_state)(VEC r, VEC z, VEC hn, VEC xn, int has_
  * this group's units (or NULL), row i's sbias further; for training (gs not NULL) the saves at gs + i*sg,
  * hps, ms (stride sy). The "rows" may also be a single row's consecutive panel groups (batch 1: strides of
  * V units), so that their chains overlap as rows' do. */
-RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(gru_fwd_epi)(
+RF_CLONES RF_KERNEL_FN void SFX(gru_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, const REAL *xn, rf_index sxn,
         rf_index H, const REAL *bias, const REAL *b_hn, rf_index sbias, const REAL *hp, REAL *hn, rf_index sh,
         REAL *y, rf_index sy, REAL *gs, rf_index sg, REAL *hps, REAL *ms) {

@@ -48,8 +48,8 @@ typedef struct {
 
 #define RF_SPINS_BEFORE_YIELD 4000
 
-/* One turn of a wait loop: spin, from the 65th turn with a pause, and from RF_SPINS_BEFORE_YIELD on give
- * the CPU away. */
+/* One turn of a wait loop (the helper's, common.h): spin, from the 65th turn with a pause, and from
+ * RF_SPINS_BEFORE_YIELD on give the CPU away, as the barrier does. */
 static RF_INLINE void rf_spin(int *spins) {
     if (*spins < RF_SPINS_BEFORE_YIELD) {
         ++*spins;
@@ -79,7 +79,16 @@ static inline void rf_barrier_finish(rf_barrier *b, int tid, int nt, unsigned e)
     for (int r = 0, d = 1; d < nt; r++, d *= 2) {
         if (r > 0) __atomic_store_n(&b->flags[((tid + d) % nt) * RF_BAR_ROUNDS + r].epoch, e, __ATOMIC_RELEASE);
         const unsigned *mine = &b->flags[tid * RF_BAR_ROUNDS + r].epoch;
-        for (int spins = 0; (int)(__atomic_load_n(mine, __ATOMIC_ACQUIRE) - e) < 0;) rf_spin(&spins);
+        for (int spins = 0; (int)(__atomic_load_n(mine, __ATOMIC_ACQUIRE) - e) < 0;) {
+            if (spins < RF_SPINS_BEFORE_YIELD) {
+                spins++;
+#if defined(__x86_64__) || defined(__i386__)
+                if (spins > 64) __builtin_ia32_pause();
+#endif
+            } else {
+                sched_yield();
+            }
+        }
     }
 }
 

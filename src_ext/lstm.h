@@ -64,7 +64,7 @@ static RF_INLINE void SFX(lstm_epi_pre)(VEC pre[4], const REAL *acc, const REAL 
  * gates, c_t, tanh c_t) filled the reorder window and the core waited on it (this function alone, 6 rows,
  * one core: -15%; LSTM mid inference -1.4%). Training stays row by row: in phases, with its saves, the
  * training forward measured 5% slower (LSTM mid and big). The bits are the same either way. */
-RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(lstm_fwd_epi)(
+RF_CLONES RF_KERNEL_FN void SFX(lstm_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, rf_index H, const REAL *bias,
         rf_index sbias, REAL *cb, rf_index sc, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy,
         REAL *gs, rf_index sg, REAL *cs, REAL *cps, REAL *hps) {
