@@ -12,7 +12,9 @@ typedef int64_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 #define IVEC SFX(ivec)
 
 /* The compute kernels the steps call out of line, each starting on a cache line, so that where their loops
- * fall against the fetch blocks does not move with whatever code precedes them in the library. */
+ * fall against the fetch blocks does not move with whatever code precedes them in the library. Measured
+ * 2026-11-24 (float32, batch 1, T = 100, in-process ABBA in both orders): after three functions were added
+ * ahead of them, GRU H = 64 ran 4-13% slower with no change to its code; aligned, -2% to +5% of before. */
 #ifndef RF_KERNEL_FN
 #define RF_KERNEL_FN __attribute__((noinline, visibility("hidden"), aligned(64)))
 #endif
