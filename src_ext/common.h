@@ -831,8 +831,7 @@ static RF_INLINE const REAL *SFX(xw_step)(const rf_ctx *c, rf_index s) {
  * is then done. A call that got one thread runs as one thread (project_for projects up front). */
 #define RF_HELPER_ROWS 8
 #define RF_HELPER_AHEAD 4
-/* the helper's part, out of line: inlined, it grew each worker by a sixth and slowed the calls that never
- * take it (GRU batch 1 H = 64 +6%) */
+/* the helper's part, out of line: inlined, it grew each worker by a sixth, for calls that mostly never take it */
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(xw_helper)(const rf_ctx *c, const rf_split *sp,
                                                                                 const rf_pack_spec *wih) {
     SFX(pack_groups)((const REAL *)wih->src, wih->s_g, wih->s_j, wih->s_k, wih->Gs, wih->N, wih->K, wih->ub, 0,
