@@ -80,7 +80,7 @@ def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
 @pytest.mark.parametrize("H", [72, 136])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES)
-def test_batch1_thread_count_changes_no_bit(rng, case, dtype, H):
+def test_batch1_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, H):
     T = 5
     cell, a, kw = make_problem(rng, case, T, 1, 7, H, H - 3, dtype=dtype)
     out, _ = forward(ops, cell, a, kw)
@@ -92,21 +92,9 @@ def test_batch1_thread_count_changes_no_bit(rng, case, dtype, H):
         inference, _ = forward(ops, cell, a, kw)
         for name, o, e in zip(OUT_NAMES[cell], inference, expected[0]):
             assert np.array_equal(o, e), f"inference on {n} threads vs training on 1: {name} differs"
-
-
-# The work rule (ops._MIN_STEP_WORK_PER_THREAD) keeps small batch-1 steps on one thread. Forced onto 2 and 3
-# threads, each thread's row sums its share of the groups: RNN H = 72 (float32) has one group a thread,
-# whose two k blocks (64 and 8 units) the first step sums side by side (gemm_row1x2), where one thread sums
-# them one after the other. The bits are one thread's.
-@pytest.mark.parametrize("H", [40, 72])
-@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
-@pytest.mark.parametrize("case", CASES)
-def test_batch1_forced_threads_change_no_bit(rng, monkeypatch, case, dtype, H):
-    T = 5
-    cell, a, kw = make_problem(rng, case, T, 1, 7, H, H - 3, dtype=dtype)
-    out, _ = forward(ops, cell, a, kw)
-    d = d_outputs_for(rng, out)
-    expected = run(cell, a, kw, d, threads=1)
+    # the work rule (ops._MIN_STEP_WORK_PER_THREAD) keeps RNN H = 72 on one thread; forced onto 2 and 3, each
+    # thread has one group (float32), whose two k blocks (64 and 8 units) the first step sums side by side
+    # (gemm_row1x2), where one thread sums them one after the other
     monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
     for n in (2, 3):
         assert_same_bits(run(cell, a, kw, d, threads=n), expected, f"{n} threads (forced) vs 1")
