@@ -76,12 +76,14 @@ def test_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, B):
 # A single row without lengths takes the batch-1 fast paths: the recurrent row sums its k range in two blocks
 # (gemm_row1), the input projection runs in the barrier's shadow in 4-row tiles, and LSTM's and GRU's
 # epilogue runs over a thread's panel groups in one call, as if they were rows (how many groups depends on
-# the thread count). H = 72 and 136: whole groups and a partial last one, 1-4 groups a thread.
+# the thread count). H = 72 and 136: whole groups and a partial last one, 1-4 groups a thread. Every way of
+# running batch 1 on more threads gives one thread's bits: the hidden split on 2 and 3 threads (inference
+# too), the work rule forced off, and the projection helper, with lengths and reversed too.
 @pytest.mark.parametrize("H", [72, 136])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES)
 def test_batch1_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, H):
-    T = 5
+    T = 21
     cell, a, kw = make_problem(rng, case, T, 1, 7, H, H - 3, dtype=dtype)
     out, _ = forward(ops, cell, a, kw)
     d = d_outputs_for(rng, out)
@@ -98,22 +100,12 @@ def test_batch1_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, H):
     monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 1)
     for n in (2, 3):
         assert_same_bits(run(cell, a, kw, d, threads=n), expected, f"{n} threads (forced) vs 1")
-
-
-# A batch-1 forward whose steps stay on one thread but whose input projection is worth a core gets a second
-# thread that only projects (ops._HELPER_MIN_WORK; common.h, fwd_begin), in blocks of 8 rows: T = 21 is two
-# whole blocks and a part. The results are one thread's, bit for bit, with lengths and reversed too, and the
-# helper did run.
-@pytest.mark.parametrize("H", [16, 40])
-@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
-@pytest.mark.parametrize("case", CASES)
-def test_projection_helper_changes_no_bit(rng, monkeypatch, case, dtype, H):
-    T = 21
-    cell, a, kw = make_problem(rng, case, T, 1, 9, H, H - 3, dtype=dtype)
-    out, _ = forward(ops, cell, a, kw)
-    d = d_outputs_for(rng, out)
+    monkeypatch.undo()
+    # steps kept on one thread with the projection on a second (ops._HELPER_MIN_WORK; common.h, fwd_begin),
+    # in blocks of 8 rows (T = 21: two whole blocks and a part); the helper did run
     for lengths, reverse in ((None, False), (np.array([T - 4]), True)):
-        expected = run(cell, a, kw, d, threads=1, lengths=lengths, reverse=reverse)
+        if lengths is not None:
+            expected = run(cell, a, kw, d, threads=1, lengths=lengths, reverse=reverse)
         monkeypatch.setattr(ops, "_HELPER_MIN_WORK", 0)
         monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 10 ** 12)
         helped = []
@@ -124,8 +116,7 @@ def test_projection_helper_changes_no_bit(rng, monkeypatch, case, dtype, H):
             return kernel_run(*args, **kwargs)
 
         monkeypatch.setattr(ops._kernels, "run", recording_run)
-        rnnfast.set_num_threads(2)
-        assert_same_bits(run(cell, a, kw, d, lengths=lengths, reverse=reverse), expected,
+        assert_same_bits(run(cell, a, kw, d, threads=2, lengths=lengths, reverse=reverse), expected,
                          "projection helper vs 1 thread")
         inference, _ = forward(ops, cell, a, kw, lengths=lengths, reverse=reverse)
         for name, o, e in zip(OUT_NAMES[cell], inference, expected[0]):
