@@ -284,14 +284,6 @@ def _threads(B, G, H, K):
 _HELPER_MIN_WORK = 1 << 18
 
 
-def _forward_threads(T, B, I, H, K, G, xw_steps, fuse_x):
-    """(threads, xw_helper) for a forward call."""
-    nt = _threads(B, G, H, K)
-    helper = (nt == 1 and B == 1 and not fuse_x and xw_steps == T and T * I * G * H >= _HELPER_MIN_WORK
-              and min(get_num_threads(), _cpus()) >= 2)
-    return (2, True) if helper else (nt, False)
-
-
 # The input projection x @ w_ih^T runs in chunks of loop steps, each just before its steps, into a buffer
 # that stays in cache: written and read back once, a whole-sequence buffer larger than the caches costs a
 # round trip through memory. A chunk holds at least 128 rows (enough to reuse each w_ih panel well) and
@@ -596,9 +588,12 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             if _may_be_users(x, user[0]):
                 # backward's private copy of x (see _private), made by the kernel's threads on their way in
                 a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
-        nt, helper = _forward_threads(T, B, I, H, K, G, xw_steps, fuse_x)
+        nt = _threads(B, G, H, K)
+        # batch 1 whose steps stay on one thread: a second thread for the projection (_HELPER_MIN_WORK)
+        helper = (nt == 1 and B == 1 and not fuse_x and xw_steps == T and T * I * G * H >= _HELPER_MIN_WORK
+                  and min(get_num_threads(), _cpus()) >= 2)
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
-                     nt, ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
+                     2 if helper else nt, ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
                      split=_split(cell, B, H, K, training, False), hp_shared=hp_shared, fuse_x=fuse_x,
                      xw_helper=helper)
     saved = None
