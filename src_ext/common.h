@@ -714,6 +714,12 @@ static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo
     }
 }
 
+/* Groups g_lo..g_hi of one operand's panels. */
+static RF_INLINE void SFX(pack_spec)(const rf_pack_spec *p, rf_index g_lo, rf_index g_hi) {
+    SFX(pack_groups)((const REAL *)p->src, p->s_g, p->s_j, p->s_k, p->Gs, p->N, p->K, p->ub, g_lo, g_hi,
+                     (REAL *)p->dst, p->row_len, p->row_B > 0 ? p->row_B : 1);
+}
+
 /* Prologue of every call: the panels, each thread packing its share of every operand's groups (but the
  * operand packed into `skip`, if any). */
 static RF_INLINE void SFX(pack_panels_but)(const rf_ctx *c, rf_split *sp, const void *skip) {
@@ -729,12 +735,18 @@ static RF_INLINE void SFX(pack_panels_but)(const rf_ctx *c, rf_split *sp, const 
         if (skip && p->dst == skip) continue;
         rf_index g_lo, g_hi;
         rf_share(sp, RF_NGRP(p->N, p->ub), &g_lo, &g_hi);
-        SFX(pack_groups)((const REAL *)p->src, p->s_g, p->s_j, p->s_k, p->Gs, p->N, p->K, p->ub, g_lo, g_hi,
-                         (REAL *)p->dst, p->row_len, p->row_B > 0 ? p->row_B : 1);
+        SFX(pack_spec)(p, g_lo, g_hi);
     }
     rf_sync_all(sp);
 }
 static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) { SFX(pack_panels_but)(c, sp, NULL); }
+
+/* xw rows n_lo..n_hi (rows of x as `map` says) of panel groups g_lo..g_hi of w_ih, in blocks of RB rows. */
+static RF_INLINE void SFX(project_rows)(const rf_ctx *c, const SFX(rowmap) *map, rf_index n_lo, rf_index n_hi,
+                                        rf_index g_lo, rf_index g_hi, rf_index RB) {
+    SFX(rows_gemm)(n_lo, n_hi, g_lo, g_hi, RB, map, (const REAL *)c->x, c->n_in, c->n_in, (const REAL *)c->wih_pack,
+                   (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+}
 
 /* Forward, before loop step s0 whenever s0 starts a chunk: xw rows of steps s0..s0+xw_steps-1 (x @ w_ih^T,
  * no bias). Batch split: each thread projects its own rows, which only it reads, with no barrier, in
@@ -755,9 +767,7 @@ static RF_INLINE void SFX(project_chunk)(const rf_ctx *c, rf_split *sp, rf_index
         RB = (rf_index)(1 << 20) / ((c->n_in > 0 ? c->n_in : 1) * (rf_index)sizeof(REAL));
         if (RB < 64) RB = 64;
     }
-    if (nb > 0)
-        SFX(rows_gemm)(0, n * nb, g_lo, g_hi, RB, &map, (const REAL *)c->x, c->n_in, c->n_in,
-                       (const REAL *)c->wih_pack, (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+    if (nb > 0) SFX(project_rows)(c, &map, 0, n * nb, g_lo, g_hi, RB);
     rf_sync(sp);
 }
 
@@ -797,8 +807,7 @@ static RF_INLINE void SFX(xwq_init)(const rf_ctx *c, const rf_split *sp, int own
 static RF_INLINE void SFX(xwq_tile)(const rf_ctx *c, SFX(xwq) *q) {
     const rf_index hi = q->end - q->next < q->R ? q->end : q->next + q->R;
     const SFX(rowmap) map = {c, 0, 0, c->B};
-    SFX(rows_gemm)(q->next, hi, q->g, q->g + 1, hi - q->next, &map, (const REAL *)c->x, c->n_in, c->n_in,
-                   (const REAL *)c->wih_pack, (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+    SFX(project_rows)(c, &map, q->next, hi, q->g, q->g + 1, hi - q->next);
     if (++q->g == q->g_hi) {
         q->g = q->g_lo;
         q->next = hi;
@@ -834,14 +843,12 @@ static RF_INLINE const REAL *SFX(xw_step)(const rf_ctx *c, rf_index s) {
 /* the helper's part, out of line: inlined, it grew each worker by a sixth, for calls that mostly never take it */
 RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(xw_helper)(const rf_ctx *c, const rf_split *sp,
                                                                                 const rf_pack_spec *wih) {
-    SFX(pack_groups)((const REAL *)wih->src, wih->s_g, wih->s_j, wih->s_k, wih->Gs, wih->N, wih->K, wih->ub, 0,
-                     RF_NGRP(wih->N, wih->ub), (REAL *)wih->dst, wih->row_len, wih->row_B > 0 ? wih->row_B : 1);
+    SFX(pack_spec)(wih, 0, RF_NGRP(wih->N, wih->ub));
     const rf_index n = c->T * c->B;
     const SFX(rowmap) map = {c, 0, 0, c->B};
     for (rf_index r = 0; r < n; r += RF_HELPER_ROWS) {
         const rf_index hi = n - r < RF_HELPER_ROWS ? n : r + RF_HELPER_ROWS;
-        SFX(rows_gemm)(r, hi, 0, RF_NGRP(c->H, c->uih), hi - r, &map, (const REAL *)c->x, c->n_in, c->n_in,
-                       (const REAL *)c->wih_pack, (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+        SFX(project_rows)(c, &map, r, hi, 0, RF_NGRP(c->H, c->uih), hi - r);
         __atomic_store_n(&sp->barrier->progress->epoch, (unsigned)hi, __ATOMIC_RELEASE);
     }
 }
@@ -854,11 +861,8 @@ static RF_INLINE int SFX(fwd_begin)(const rf_ctx *c, rf_split *sp) {
         SFX(xw_helper)(c, sp, wih);
         return 1;
     }
-    if (wih) {
-        sp->nt = 1;
-        sp->batch = 1;
-        sp->r_lo = 0;
-        sp->r_hi = c->B;
+    if (wih) { /* the steps' thread: a one-thread split from here on */
+        rf_split_init(sp, c, 0, 1, sp->barrier);
         sp->helped = 1;
     }
     SFX(pack_panels_but)(c, sp, wih ? c->wih_pack : NULL);

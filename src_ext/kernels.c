@@ -42,14 +42,14 @@ typedef struct {
 } rf_flag;
 typedef struct {
     rf_flag *flags;    /* nt * RF_BAR_ROUNDS, zeroed */
-    rf_flag *progress; /* the last thread's last round (no barrier has that many rounds), zeroed: the rows a
-                          projection helper has published (common.h, fwd_begin) */
+    rf_flag *progress; /* one more flag, zeroed: the rows a projection helper has published (common.h,
+                          fwd_begin) */
 } rf_barrier;
 
 #define RF_SPINS_BEFORE_YIELD 4000
 
-/* One turn of a wait loop (the helper's, common.h): spin, from the 65th turn with a pause, and from
- * RF_SPINS_BEFORE_YIELD on give the CPU away, as the barrier does. */
+/* One turn of a wait loop (the barrier's, and the projection helper's in common.h): spin, from the 65th turn
+ * with a pause, and from RF_SPINS_BEFORE_YIELD on give the CPU away. */
 static RF_INLINE void rf_spin(int *spins) {
     if (*spins < RF_SPINS_BEFORE_YIELD) {
         ++*spins;
@@ -79,16 +79,7 @@ static inline void rf_barrier_finish(rf_barrier *b, int tid, int nt, unsigned e)
     for (int r = 0, d = 1; d < nt; r++, d *= 2) {
         if (r > 0) __atomic_store_n(&b->flags[((tid + d) % nt) * RF_BAR_ROUNDS + r].epoch, e, __ATOMIC_RELEASE);
         const unsigned *mine = &b->flags[tid * RF_BAR_ROUNDS + r].epoch;
-        for (int spins = 0; (int)(__atomic_load_n(mine, __ATOMIC_ACQUIRE) - e) < 0;) {
-            if (spins < RF_SPINS_BEFORE_YIELD) {
-                spins++;
-#if defined(__x86_64__) || defined(__i386__)
-                if (spins > 64) __builtin_ia32_pause();
-#endif
-            } else {
-                sched_yield();
-            }
-        }
+        for (int spins = 0; (int)(__atomic_load_n(mine, __ATOMIC_ACQUIRE) - e) < 0;) rf_spin(&spins);
     }
 }
 
@@ -208,11 +199,11 @@ static inline void rf_flush_off(unsigned old) { (void)old; }
         int nt_ = (c)->n_threads > 0 ? (c)->n_threads : 1;                                      \
         rf_barrier bar_ = {NULL, NULL};                                                         \
         if (nt_ > 1) {                                                                          \
-            const size_t sz_ = (size_t)nt_ * RF_BAR_ROUNDS * sizeof(rf_flag);                   \
+            const size_t sz_ = ((size_t)nt_ * RF_BAR_ROUNDS + 1) * sizeof(rf_flag);             \
             bar_.flags = (rf_flag *)aligned_alloc(64, sz_);                                     \
             if (bar_.flags) {                                                                   \
                 memset(bar_.flags, 0, sz_);                                                     \
-                bar_.progress = bar_.flags + (size_t)nt_ * RF_BAR_ROUNDS - 1;                   \
+                bar_.progress = bar_.flags + (size_t)nt_ * RF_BAR_ROUNDS;                       \
             } else {                                                                            \
                 nt_ = 1; /* no memory for the flags: one thread needs none */                   \
             }                                                                                   \
