@@ -158,8 +158,10 @@ class KernelImpl(Impl):
             return forward(*args)[0]
 
         def training():
+            # dx and the parameters' gradients, what torch's autograd computes here: its initial states do
+            # not require grad, so neither it nor rnnfast (state_grads=False) computes theirs
             saved = forward(*args, training=True)[-1]
-            backward(dy, *no_state_grads, saved)
+            backward(dy, *no_state_grads, saved, state_grads=False)
 
         return {"inference": inference, "training": training}
 

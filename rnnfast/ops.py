@@ -661,8 +661,9 @@ def _check_saved(saved, cell):
         raise ValueError("saved: its arrays no longer match the forward call that made it (was it modified?)")
 
 
-def _backward(cell, dy, dh_n, dc_n, saved):
+def _backward(cell, dy, dh_n, dc_n, saved, state_grads):
     _check_saved(saved, cell)
+    state_grads = _check_flag("state_grads", state_grads)
     s = saved
     dtype, T, B, I, H, K, G = s.dtype, s.T, s.B, s.I, s.H, s.K, s.G
     GH, N = G * H, s.T * s.B
@@ -676,9 +677,11 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     proj = s.proj
     after = cell == "gru" and s.mode == 1
     before = cell == "gru" and not after
-    dh0 = np.zeros((B, K), dtype) if dh_n is None else dh_n.copy()
-    dc0 = None
-    if cell == "lstm":
+    # state_grads=False: no dh0, dc0, and no last step (s = -1) whose GEMM would give dh0
+    dh0 = dc0 = None
+    if state_grads:
+        dh0 = np.zeros((B, K), dtype) if dh_n is None else dh_n.copy()
+    if cell == "lstm" and state_grads:
         dc0 = np.zeros((B, H), dtype) if dc_n is None else dc_n.copy()
     # The kernel writes every element of dx and the weight gradients (no zeroing first); with T * B = 0
     # there is no kernel call and they are zeros.
@@ -758,21 +761,25 @@ def _backward(cell, dy, dh_n, dc_n, saved):
     return out + (dw_peep,)
 
 
-def rnn_backward(dy, dh_n, saved):
+def rnn_backward(dy, dh_n, saved, *, state_grads=True):
     """Gradients of an rnn_forward(..., training=True): dy (T, B, H) and dh_n (B, H) (None = zeros)
-    -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); gradients of absent biases are None."""
-    return _backward("rnn", dy, dh_n, None, saved)
+    -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh); gradients of absent biases are None.
+    state_grads=False: dh0 is None and not computed (one step's GEMM fewer), for a caller whose initial
+    state needs no gradient (as torch's autograd skips it for an hx that does not require grad)."""
+    return _backward("rnn", dy, dh_n, None, saved, state_grads)
 
 
-def lstm_backward(dy, dh_n, dc_n, saved):
+def lstm_backward(dy, dh_n, dc_n, saved, *, state_grads=True):
     """Gradients of an lstm_forward(..., training=True): dy (T, B, P or H), dh_n, dc_n (None = zeros)
-    -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), plus dw_peep when the forward had w_peep."""
-    return _backward("lstm", dy, dh_n, dc_n, saved)
+    -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), plus dw_peep when the forward had w_peep.
+    state_grads=False: dh0 and dc0 are None and not computed (see rnn_backward)."""
+    return _backward("lstm", dy, dh_n, dc_n, saved, state_grads)
 
 
-def gru_backward(dy, dh_n, saved):
+def gru_backward(dy, dh_n, saved, *, state_grads=True):
     """Gradients of a gru_forward(..., training=True): dy (T, B, H), dh_n (B, H) (None = zeros)
-    -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
-    return _backward("gru", dy, dh_n, None, saved)
+    -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh).
+    state_grads=False: dh0 is None and not computed (see rnn_backward)."""
+    return _backward("gru", dy, dh_n, None, saved, state_grads)
 
 

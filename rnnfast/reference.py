@@ -94,8 +94,11 @@ def _forward(cell, step, step_back, x, state0, params, lengths, reverse, trainin
     return y, state, saved
 
 
-def _backward(cell, dy, d_state_n, saved):
-    """Run the saved step_back over time, backwards. Returns (dx, d_state0, grads: name -> array or None)."""
+def _backward(cell, dy, d_state_n, saved, state_grads=True):
+    """Run the saved step_back over time, backwards. Returns (dx, d_state0, grads: name -> array or None);
+    d_state0 all None with state_grads=False."""
+    if not isinstance(state_grads, (bool, np.bool_)):
+        raise TypeError(f"state_grads: expected a bool, got {type(state_grads).__name__}")
     if saved is None:
         raise ValueError("saved is None: call the forward with training=True")
     if saved.cell != cell:
@@ -115,7 +118,7 @@ def _backward(cell, dy, d_state_n, saved):
         for name, g in grads.items():
             if g is not None:
                 g += step_grads[name]
-    return dx, d_state, grads
+    return dx, d_state if state_grads else (None,) * len(d_state), grads
 
 
 def _params(**arrays):
@@ -154,9 +157,10 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh",
     return y, h_n, saved
 
 
-def rnn_backward(dy, dh_n, saved):
-    """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh) of a loss given dy = dL/dy and dh_n = dL/dh_n."""
-    dx, (dh0,), g = _backward("rnn", dy, (dh_n,), saved)
+def rnn_backward(dy, dh_n, saved, *, state_grads=True):
+    """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh) of a loss given dy = dL/dy and dh_n = dL/dh_n;
+    dh0 None with state_grads=False."""
+    dx, (dh0,), g = _backward("rnn", dy, (dh_n,), saved, state_grads)
     return dx, dh0, g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"]
 
 
@@ -217,9 +221,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None, w_pe
     return y, h_n, c_n, saved
 
 
-def lstm_backward(dy, dh_n, dc_n, saved):
-    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), plus dw_peep when the forward had w_peep."""
-    dx, (dh0, dc0), g = _backward("lstm", dy, (dh_n, dc_n), saved)
+def lstm_backward(dy, dh_n, dc_n, saved, *, state_grads=True):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr), plus dw_peep when the forward had w_peep;
+    dh0, dc0 None with state_grads=False."""
+    dx, (dh0, dc0), g = _backward("lstm", dy, (dh_n, dc_n), saved, state_grads)
     out = (dx, dh0, dc0, g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"], g["w_hr"])
     return out if saved.params["w_peep"] is None else out + (g["w_peep"],)
 
@@ -275,7 +280,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, le
     return y, h_n, saved
 
 
-def gru_backward(dy, dh_n, saved):
-    """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh) of a loss given dy = dL/dy and dh_n = dL/dh_n."""
-    dx, (dh0,), g = _backward("gru", dy, (dh_n,), saved)
+def gru_backward(dy, dh_n, saved, *, state_grads=True):
+    """Gradients (dx, dh0, dw_ih, dw_hh, db_ih, db_hh) of a loss given dy = dL/dy and dh_n = dL/dh_n;
+    dh0 None with state_grads=False."""
+    dx, (dh0,), g = _backward("gru", dy, (dh_n,), saved, state_grads)
     return dx, dh0, g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"]

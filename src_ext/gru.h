@@ -354,7 +354,7 @@ RF_CLONES void SFX(gru_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
     rf_split sp;
     rf_split_init(&sp, c, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
-    for (rf_index s = c->T - 1; s >= -1; s--) {
+    for (rf_index s = c->T - 1; s >= rf_bwd_last(c); s--) {
         SFX(gru_bwd_h)(c, s, &sp);
         rf_sync(&sp);
         if (c->mode != 1 && s >= 0) {

@@ -130,6 +130,10 @@ static RF_INLINE void rf_share(const rf_split *sp, rf_index n, rf_index *lo, rf_
     *hi = n * (sp->tid + 1) / sp->nt;
 }
 
+/* The last step of a backward time loop: -1, the step that computes dh0 = dg_0 @ w_hh, unless the caller
+ * asked for no initial-state gradients (dh0 NULL: ops' state_grads=False), which saves that GEMM. */
+static RF_INLINE rf_index rf_bwd_last(const rf_ctx *c) { return c->dh0 ? -1 : 0; }
+
 /* The panel groups of a step phase: all of them in the batch split, a share in the hidden split. */
 static RF_INLINE void rf_groups(const rf_split *sp, rf_index ngrp, rf_index *lo, rf_index *hi) {
     if (sp->batch) {

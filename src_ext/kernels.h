@@ -90,7 +90,7 @@ typedef struct {
     void *dg_tb;            /* (T, B, G*H) gradient of the gate pre-activations (input side) */
     void *dgh_tb;           /* (T, B, G*H) GRU reset_after: hidden-side gate gradients (n part times r) */
     void *dhp_tb;           /* (T, B, P) LSTM projection: gradient of h_t (the projected state) */
-    void *dh0;              /* (B, K) out */
+    void *dh0;              /* (B, K) out; NULL: no initial-state gradients (rf_bwd_last) */
     void *dx;               /* (T, B, I) out: dg @ w_ih, computed inside the region after the time loop */
     const void *wihq_pack;  /* panels of w_ih^T (reduction over G*H, outputs I) */
     int uihq;

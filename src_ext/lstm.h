@@ -411,7 +411,7 @@ RF_CLONES void SFX(lstm_bwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier
     rf_split sp;
     rf_split_init(&sp, c, tid, nt, bar);
     SFX(pack_panels)(c, &sp);
-    for (rf_index s = c->T - 1; s >= -1; s--) {
+    for (rf_index s = c->T - 1; s >= rf_bwd_last(c); s--) {
         SFX(lstm_bwd_rec)(c, s, &sp);
         rf_sync(&sp);
         if (c->proj && s >= 0) {

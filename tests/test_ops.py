@@ -216,6 +216,33 @@ def test_none_states_and_output_gradients(rng, case, dtype, grads, states):
                             lengths="random", reverse=True)
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=["1thread", "2threads"])
+@pytest.mark.parametrize("B", [3, 40], ids=["hidden_split", "batch_split"])
+@pytest.mark.parametrize("lengths", [None, "random"], ids=["full", "lengths"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_backward_without_state_grads(rng, case, dtype, lengths, B, threads):
+    """state_grads=False: dh0 (and dc0) are None, and every other gradient has the bits it has with
+    state_grads=True (the kernel only leaves out the last step, which gives dh0); the reference agrees."""
+    cell, a, kw = make_problem(rng, case, 6, B, 5, 19, 7, dtype=dtype)
+    options = dict(lengths=random_lengths(rng, 6, B) if lengths else None, reverse=lengths is not None)
+    states = ("dh0", "dc0") if cell == "lstm" else ("dh0",)
+    for module in (ops, reference):
+        out, saved = forward(module, cell, a, kw, training=True, **options)
+        d = d_outputs_for(rng, out)
+        g_all = backward(module, cell, d, saved, a)
+        out, saved = forward(module, cell, a, kw, training=True, **options)
+        g = getattr(module, f"{cell}_backward")(*d, saved, state_grads=False)
+        assert len(g) == len(g_all)
+        for name, gi, ei in zip(GRAD_NAMES[cell], g, g_all):
+            if name in states:
+                assert gi is None and ei is not None, f"{module.__name__} {case} {name}"
+            elif ei is None:
+                assert gi is None, f"{module.__name__} {case} {name}"
+            else:
+                np.testing.assert_array_equal(gi, ei, err_msg=f"{module.__name__} {case} {name}")
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_float32_large_values_stay_close(rng, case):
     """Saturating activations (x ~ 4 N(0, 1)): float32 still tracks float64."""

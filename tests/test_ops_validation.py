@@ -285,6 +285,18 @@ def test_non_bool_flags(case, flag, value):
         call_forward(case, **{flag: value})
 
 
+@pytest.mark.parametrize("module", [ops, reference], ids=["ops", "reference"])
+@pytest.mark.parametrize("case", ["rnn_tanh", "lstm", "gru"])
+@pytest.mark.parametrize("value", [1, 0, None, "yes", 1.0, np.array([True])],
+                         ids=["1", "0", "None", "str", "1.0", "array"])
+def test_non_bool_state_grads(case, value, module):
+    cell, a, kw = problem(case)
+    out, saved = forward(module, cell, a, kw, training=True)
+    d = d_outputs_for(np.random.default_rng(1), out)
+    with raises(TypeError, "state_grads", "expected a bool", "got", type(value).__name__):
+        getattr(module, f"{cell}_backward")(*d, saved, state_grads=value)
+
+
 @pytest.mark.parametrize("case", ["rnn_tanh", "lstm"])
 def test_reset_after_is_gru_only(case):
     with pytest.raises(TypeError, match="unexpected keyword argument 'reset_after'"):
