@@ -32,6 +32,7 @@ cdef extern from "kernels.h" nogil:
         rf_index xw_steps
         int fuse_x
         int xw_helper
+        rf_index saves_keep
         const void *bias
         const void *b_hn
         const void *peep
@@ -342,7 +343,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
         rf_index xw_steps=0, int split=0, rf_index xp_ld=0, rf_index hp_ld=0, rf_index mp_ld=0,
-        bint hp_shared=False, bint fuse_x=False, bint xw_helper=False):
+        bint hp_shared=False, bint fuse_x=False, bint xw_helper=False, rf_index saves_keep=-1):
     """Run one time loop. `a` maps operand names (_FIELDS: the rf_ctx pointer fields, b_ih / b_hh, h0 / c0 /
     h_n / c_n) to arrays (or None), plus "packs"; every array must already have its documented shape
     (rnnfast/ops.py guarantees it)."""
@@ -375,6 +376,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     if xw_helper and (backward or fuse_x or B != 1 or n_threads != 2 or xw_steps < T or T >= 2**31):
         raise ValueError("internal: xw_helper is for a forward of batch 1 on 2 threads, projected in one chunk")
     c.xw_helper = xw_helper
+    c.saves_keep = saves_keep  # < 0: every save stored as usual
     # every array the loops index must hold at least the elements they touch (sizes are 64-bit)
     _needs(need, T, B, I, H, K, G, V, xw_steps)
     memset(ptr, 0, sizeof(ptr))

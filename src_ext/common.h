@@ -34,6 +34,34 @@ typedef int64_t SFX(ivec) __attribute__((vector_size(V * sizeof(REAL))));
 
 static RF_INLINE VEC SFX(vload)(const REAL *p) { VEC v; memcpy(&v, p, sizeof v); return v; }
 static RF_INLINE void SFX(vstore)(REAL *p, VEC v) { memcpy(p, &v, sizeof v); }
+/* A whole-vector store past the caches (a training forward's saves that backward will not find in them):
+ * the line is neither fetched for the store nor kept. p must start a cache line (else a plain store). */
+static RF_INLINE void SFX(vstore_nt)(REAL *p, VEC v) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    /* 16-byte non-temporal stores exist in every target clone; four of them fill one line */
+    if (((uintptr_t)p & 63) == 0) {
+        _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) {
+#if RF_IS_FLOAT
+            typedef float part_t __attribute__((vector_size(16)));
+            part_t x;
+            memcpy(&x, (const char *)&v + 16 * q, 16);
+            __builtin_ia32_movntps((float *)p + 4 * q, x);
+#else
+            typedef double part_t __attribute__((vector_size(16)));
+            part_t x;
+            memcpy(&x, (const char *)&v + 16 * q, 16);
+            __builtin_ia32_movntpd((double *)p + 2 * q, x);
+#endif
+        }
+        return;
+    }
+#endif
+    SFX(vstore)(p, v);
+}
+static RF_INLINE void SFX(vstore_save)(REAL *p, VEC v, int nt) {
+    if (nt) SFX(vstore_nt)(p, v);
+    else SFX(vstore)(p, v);
+}
 /* Tail blocks (H not a multiple of V) touch only their n valid lanes; the rest read as 0. */
 static RF_INLINE VEC SFX(vload_n)(const REAL *p, int n) {
     if (n == V) return SFX(vload)(p);

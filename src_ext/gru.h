@@ -22,7 +22,7 @@ static RF_INLINE VEC SFX(gru_after_state)(VEC r, VEC z, VEC hn, VEC xn, int has_
 RF_CLONES RF_KERNEL_FN void SFX(gru_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, const REAL *xn, rf_index sxn,
         rf_index H, const REAL *bias, const REAL *b_hn, rf_index sbias, const REAL *hp, REAL *hn, rf_index sh,
-        REAL *y, rf_index sy, REAL *gs, rf_index sg, REAL *hps, REAL *ms) {
+        REAL *y, rf_index sy, REAL *gs, rf_index sg, REAL *hps, REAL *ms, int nts) {
     for (int i = 0; i < nr; i++) {
         const REAL *a = acc + i * sa, *bi = bias ? bias + i * sbias : NULL;
         VEC pr = SFX(vload)(a), pz = SFX(vload)(a + V);
@@ -42,11 +42,11 @@ RF_CLONES RF_KERNEL_FN void SFX(gru_fwd_epi)(
         SFX(vstore)(hn + i * sh, h);
         SFX(vstore)(y + i * sy, h);
         if (gs) { /* training: the gates (row stride sg), h_{s-1} and the n-gate's hidden term (stride sy) */
-            SFX(vstore)(gs + i * sg, r);
-            SFX(vstore)(gs + i * sg + H, z);
-            SFX(vstore)(gs + i * sg + 2 * H, n);
-            SFX(vstore)(hps + i * sy, SFX(vload)(hp + i * sh));
-            SFX(vstore)(ms + i * sy, hh);
+            SFX(vstore_save)(gs + i * sg, r, nts);
+            SFX(vstore_save)(gs + i * sg + H, z, nts);
+            SFX(vstore_save)(gs + i * sg + 2 * H, n, nts);
+            SFX(vstore_save)(hps + i * sy, SFX(vload)(hp + i * sh), nts);
+            SFX(vstore_save)(ms + i * sy, hh, nts);
         }
     }
 }
@@ -69,15 +69,17 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
     /* reset before: h_{s-1} comes from phase n's groups: one block */
     const rf_index K1 = after ? SFX(row1_k1)(c, H, ub) : 0;
     const int done = SFX(row1_begin)(c, sp, q, s, hprev, H, K1, panel, NV, g_lo, g_hi, part);
+    /* the saves past the caches (common epilogue only): r, z, n, h_{s-1}, hn */
+    const int nts = after && !c->lengths && ub == 1 && rf_saves_nt(c, s, 5 * H * (rf_index)sizeof(REAL));
     RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const int tr = c->training;
+                const int tr = c->training, pfsave = tr && !nts;
                 const SFX(pfs) st[5] = {{xws, GH, H, Gs, 0}, {after && tr ? y : NULL, H, 0, 1, 1},
-                                        {tr ? g_tb : NULL, GH, H, Gs, 1}, {tr ? hp_tb : NULL, H, 0, 1, 1},
-                                        {tr ? m_tb : NULL, H, 0, 1, 1}};
+                                        {pfsave ? g_tb : NULL, GH, H, Gs, 1}, {pfsave ? hp_tb : NULL, H, 0, 1, 1},
+                                        {pfsave ? m_tb : NULL, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 5);
                 SFX(gates_gemm)(c, s, r0, nr, (int)m, NV, A, H, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL),
@@ -94,7 +96,8 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                                  xws ? xws + r0 * GH + 2 * H + j0 : xn, xws ? sx : V, H, bias ? bias + j0 : NULL,
                                  b_hn ? b_hn + j0 : NULL, rs, hprev + r0 * H + j0, hnext + r0 * H + j0, sh,
                                  y + row * H + j0, sh, c->training ? g_tb + row * GH + j0 : NULL, sx,
-                                 c->training ? hp_tb + row * H + j0 : NULL, c->training ? m_tb + row * H + j0 : NULL);
+                                 c->training ? hp_tb + row * H + j0 : NULL, c->training ? m_tb + row * H + j0 : NULL,
+                                 nts);
                 if (rs) break;
                 continue;
             }
@@ -229,6 +232,7 @@ RF_CLONES void SFX(gru_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier 
         }
     }
     SFX(step_finish)(c, &sp, &q);
+    rf_nt_fence();
 }
 
 void SFX(rf_gru_forward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(gru_fwd_worker)); }

@@ -130,6 +130,20 @@ static RF_INLINE void rf_share(const rf_split *sp, rf_index n, rf_index *lo, rf_
     *hi = n * (sp->tid + 1) / sp->nt;
 }
 
+/* Orders this thread's non-temporal stores (vstore_nt) before whatever follows (they are weakly ordered). */
+static inline void rf_nt_fence(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_sfence();
+#endif
+}
+
+/* Whether loop step s of a training forward stores its saves (row_bytes a batch row) past the caches: those
+ * of the steps that backward reads last, which the saves written after them push out of the caches anyway;
+ * the last c->saves_keep bytes (ops._SAVES_KEEP_BYTES) are stored as usual, for backward's first steps. */
+static inline int rf_saves_nt(const rf_ctx *c, rf_index s, rf_index row_bytes) {
+    return c->training && c->saves_keep >= 0 && (c->T - 1 - s) * c->B * row_bytes >= c->saves_keep;
+}
+
 /* The last step of a backward time loop: -1, the step that computes dh0 = dg_0 @ w_hh, unless the caller
  * asked for no initial-state gradients (dh0 NULL: ops' state_grads=False), which saves that GEMM. */
 static RF_INLINE rf_index rf_bwd_last(const rf_ctx *c) { return c->dh0 ? -1 : 0; }

@@ -61,6 +61,8 @@ typedef struct {
                                the shapes only */
     int xw_helper;          /* forward, batch 1, 2 threads: the second thread only projects (all of xw, in
                                order) while the first runs every step alone (common.h, fwd_begin) */
+    rf_index saves_keep;    /* training forward: the bytes of saves (the last ones) stored as usual; those
+                               before them go past the caches (rf_saves_nt) */
     const void *bias;       /* (G*H,) b_ih + b_hh folded (GRU reset_after: n part is b_in only), or NULL */
     const void *b_hn;       /* (H,) GRU reset_after: b_hn, kept inside r * (W_hn h + b_hn); or NULL */
     const void *peep;       /* (3, H) LSTM peephole p_i, p_f, p_o, or NULL */

@@ -67,7 +67,7 @@ static RF_INLINE void SFX(lstm_epi_pre)(VEC pre[4], const REAL *acc, const REAL 
 RF_CLONES RF_KERNEL_FN void SFX(lstm_fwd_epi)(
         int nr, const REAL *acc, rf_index sa, const REAL *xr, rf_index sx, rf_index H, const REAL *bias,
         rf_index sbias, REAL *cb, rf_index sc, const REAL *hp, REAL *hn, rf_index sh, REAL *y, rf_index sy,
-        REAL *gs, rf_index sg, REAL *cs, REAL *cps, REAL *hps) {
+        REAL *gs, rf_index sg, REAL *cs, REAL *cps, REAL *hps, int nts) {
     if (gs) {
         for (int i = 0; i < nr; i++) {
             VEC pre[4], g[4], cn;
@@ -78,10 +78,10 @@ RF_CLONES RF_KERNEL_FN void SFX(lstm_fwd_epi)(
             SFX(vstore)(hn + i * sh, m);
             SFX(vstore)(y + i * sy, m);
             /* the gates (row stride sg), c_t, c_{t-1} and h_{t-1} (stride sy) */
-            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) SFX(vstore)(gs + i * sg + q * H, g[q]);
-            SFX(vstore)(cs + i * sy, cn);
-            SFX(vstore)(cps + i * sy, cp);
-            SFX(vstore)(hps + i * sy, SFX(vload)(hp + i * sh));
+            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) SFX(vstore_save)(gs + i * sg + q * H, g[q], nts);
+            SFX(vstore_save)(cs + i * sy, cn, nts);
+            SFX(vstore_save)(cps + i * sy, cp, nts);
+            SFX(vstore_save)(hps + i * sy, SFX(vload)(hp + i * sh), nts);
         }
         return;
     }
@@ -117,16 +117,18 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
     /* with a projection h_{s-1} comes from the projection's groups: one block */
     const rf_index K1 = proj ? 0 : SFX(row1_k1)(c, H, ub);
     const int done = SFX(row1_begin)(c, sp, q, s, hprev, K, K1, panel, NV, g_lo, g_hi, part);
+    /* the saves past the caches (common epilogue only): the gates, c_t, c_{t-1}, h_{t-1} */
+    const int nts = !peep && !proj && !c->lengths && ub == 1 && rf_saves_nt(c, s, 7 * H * (rf_index)sizeof(REAL));
     RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
-                const int tr = c->training;
+                const int tr = c->training, pfsave = tr && !nts;
                 const SFX(pfs) st[6] = {{xws, GH, H, 4, 0}, {proj || !tr ? NULL : y, K, 0, 1, 1},
-                                        {tr ? g_tb : NULL, GH, H, 4, 1}, {tr ? c_tb : NULL, H, 0, 1, 1},
-                                        {tr ? cp_tb : NULL, H, 0, 1, 1},
-                                        {tr ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
+                                        {pfsave ? g_tb : NULL, GH, H, 4, 1}, {pfsave ? c_tb : NULL, H, 0, 1, 1},
+                                        {pfsave ? cp_tb : NULL, H, 0, 1, 1},
+                                        {pfsave ? (proj ? m_tb : hp_tb) : NULL, proj ? H : K, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
                 SFX(gates_gemm)(c, s, r0, nr, (int)m, NV, A, K, panel, g_cur, out,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL),
@@ -144,7 +146,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                                   bias ? bias + j0 : NULL, rs, cb + r0 * Hp + j0, sc, hprev + r0 * K + j0,
                                   hnext + r0 * K + j0, sk, y + row * K + j0, sk, tr ? g_tb + row * GH + j0 : NULL,
                                   sx, tr ? c_tb + row * H + j0 : NULL, tr ? cp_tb + row * H + j0 : NULL,
-                                  tr ? hp_tb + row * K + j0 : NULL);
+                                  tr ? hp_tb + row * K + j0 : NULL, nts);
                 if (rs) break;
                 continue;
             }
@@ -272,6 +274,7 @@ RF_CLONES void SFX(lstm_fwd_worker)(const rf_ctx *c, int tid, int nt, rf_barrier
         }
     }
     SFX(step_finish)(c, &sp, &q);
+    rf_nt_fence();
 }
 
 void SFX(rf_lstm_forward)(const rf_ctx *c) { RF_PARALLEL(c, SFX(lstm_fwd_worker)); }

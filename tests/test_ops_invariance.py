@@ -162,6 +162,26 @@ def test_weight_gradient_operands_in_place_change_no_bit(rng, monkeypatch, case,
     assert n_in_place < len(packs), (n_in_place, len(packs))
 
 
+# A training forward stores the saves of its steps past the caches (non-temporal stores) but for the last
+# ops._SAVES_KEEP_BYTES of them (LSTM and GRU reset_after without lengths, whole vectors of units: H = 48
+# for every lane width). All, some or none of the steps storing that way change no bit.
+@pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
+@pytest.mark.parametrize("B", [3, 40], ids=["hidden_split", "batch_split"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_saves_past_the_caches_change_no_bit(rng, monkeypatch, case, dtype, B, threads):
+    T, H = 7, 48
+    cell, a, kw = make_problem(rng, case, T, B, 5, H, 17, dtype=dtype)
+    reverse = B == 3
+    out, _ = forward(ops, cell, a, kw, reverse=reverse)
+    d = d_outputs_for(rng, out)
+    monkeypatch.setattr(ops, "_SAVES_KEEP_BYTES", -1)  # every save stored as usual
+    expected = run(cell, a, kw, d, threads=threads, reverse=reverse)
+    for keep in (0, 3 * B * H * np.dtype(dtype).itemsize):  # none kept; the last ~3 steps' saves kept
+        monkeypatch.setattr(ops, "_SAVES_KEEP_BYTES", keep)
+        assert_same_bits(run(cell, a, kw, d, threads=threads, reverse=reverse), expected, f"keep {keep} bytes")
+
+
 # ------------------------------------------------------------------------------------ layouts
 
 def _oversubscribed_runs_give_the_bits_of_one(rng, monkeypatch, case, T, B, short, reverse, counts):
