@@ -267,11 +267,21 @@ _MIN_STEP_WORK_PER_THREAD = 6144
 _IN_PLACE_MAX_ROW_BYTES = 2048
 
 
-def _threads(B, G, H, K):
+def _threads(B, G, H, K, forward_dtype=None):
     # More threads than CPUs only adds waiting at the per-step barrier (and asking the OpenMP runtime for
     # thousands of threads can abort the process): cap at the CPUs this process may use.
     n = min(get_num_threads(), _cpus())
-    return max(1, min(n, (B * G * H * K) // _MIN_STEP_WORK_PER_THREAD))
+    per = _MIN_STEP_WORK_PER_THREAD
+    if forward_dtype is not None and forward_dtype.itemsize == 4 and B == 1 and G != 4:
+        # A float32 batch-1 forward on one thread has the projection helper (below) to take x @ w_ih^T off its
+        # steps: GRU and RNN keep one thread up to 4/3 of the work. Measured 2026-11-24 (2 threads, T = 100,
+        # in-process ABBA of one thread against two): one thread GRU H = 64 -4 to -6% (T = 1000 -21%),
+        # H = 68 -14%, RNN H = 112 -9 to -20%, H = 120 -22%; the same at GRU H = 64, T = 20 and GRU H = 72;
+        # +20% at GRU H = 80 and +0 to +3.5% at RNN H = 128, which stay on 2. LSTM keeps the rule above: one
+        # thread +31% at H = 64 (T = 1000 +17%), +3 to +8% at H = 56 and 60. float64 keeps it too: one
+        # thread is +24% at GRU H = 64 and +19% at RNN H = 112 there (twice the bytes of w_hh a step).
+        per = per * 4 // 3
+    return max(1, min(n, (B * G * H * K) // per))
 
 
 # A training forward stores the saves of its steps past the caches (non-temporal stores, LSTM and GRU
@@ -598,7 +608,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             if _may_be_users(x, user[0]):
                 # backward's private copy of x (see _private), made by the kernel's threads on their way in
                 a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
-        nt = _threads(B, G, H, K)
+        nt = _threads(B, G, H, K, forward_dtype=dtype)
         # batch 1 whose steps stay on one thread: a second thread for the projection (_HELPER_MIN_WORK)
         helper = (nt == 1 and B == 1 and not fuse_x and xw_steps == T and T * I * G * H >= _HELPER_MIN_WORK
                   and min(get_num_threads(), _cpus()) >= 2)
