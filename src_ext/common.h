@@ -989,17 +989,18 @@ static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
  * column of A directly, every k would be a new cache line at a stride that maps onto a few cache sets, and
  * a line would be fetched again for each tile it feeds), and the strip's tiles read their rows of it. The
  * FMA chains continue across blocks, so neither blocks nor strips change a bit. With db, the copy also sums
- * the columns: db[m] = sum_n A[n, m], added in the order n = 0, 1, ... (numpy's order for a sum over axis
- * 0). Measured 2026-11-23 (2 threads, float32, weight-gradient phase alone, per-phase cycle counts of two
- * builds interleaved) against copying 8 elements a tile: LSTM mid -14%, big -3.6%; GRU big and RNN big
- * within noise (+-2%). */
+ * the columns: db[m] = sum_n A[n, m], in order within each n block, then the blocks' sums in order (so db's
+ * bits depend on the block size, which depends on the shapes only; summed in one chain over all N, db's
+ * error against float64 was 3-6x larger at GRU and RNN big). Measured 2026-11-23 (2 threads, float32,
+ * weight-gradient phase alone, per-phase cycle counts of two builds interleaved) against copying 8 elements
+ * a tile: LSTM mid -14%, big -3.6%; GRU big and RNN big within noise (+-2%). */
 #define RF_WG_STRIP 48
 #define RF_WG_LINE 16
 static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index M, const REAL *A, rf_index lda,
                                        const REAL *bm, rf_index ldb, int ub, rf_index L, REAL *dW, rf_index ldw,
                                        REAL *db) {
-    /* NBMAX: the strip's block of A is 48 KiB (float) or 96 KiB (double) of stack */
-    enum { NBMAX = 256, SW = RF_WG_STRIP, SV = RF_WG_STRIP / V };
+    /* NBMAX: the strip's block of A is at most 72 KiB of stack (384 rows of floats, 192 of doubles) */
+    enum { SW = RF_WG_STRIP, SV = RF_WG_STRIP / V, NBMAX = 72 * 1024 / (SW * sizeof(REAL)) };
     const int NV = ub;
     rf_index u_lo, u_hi;
     rf_share(sp, (M + RF_WG_LINE - 1) / RF_WG_LINE, &u_lo, &u_hi);
@@ -1016,8 +1017,11 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
             }
         return;
     }
-    /* rows of all column groups for one n block: ~512 KiB */
-    rf_index NB = (rf_index)(512 * 1024 / sizeof(REAL)) / (ngrp * NV * V);
+    /* rows of all column groups for one n block: ~768 KiB. Each block loads and stores the thread's dW tiles
+     * once (from L3 at big sizes); measured 2026-11-24 (2 threads, float32, backward, in-process ABBA, the
+     * bits of dW the same) against ~512 KiB (NB 384 against 256 at 512 columns): GRU big -2.3%, LSTM big
+     * -1.7%, RNN big -1.5%, GRU wide -1.5%, LSTM mid -1.0%. */
+    rf_index NB = (rf_index)(768 * 1024 / sizeof(REAL)) / (ngrp * NV * V);
     NB = NB < 64 ? 64 : NB > NBMAX ? NBMAX : NB;
     REAL tile[8 * 4 * V] __attribute__((aligned(64)));
     REAL apack[NBMAX * SW] __attribute__((aligned(64)));
