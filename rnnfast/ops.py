@@ -273,14 +273,16 @@ def _threads(B, G, H, K, forward_dtype=None):
     n = min(get_num_threads(), _cpus())
     per = _MIN_STEP_WORK_PER_THREAD
     # A batch-1 forward: measured 2026-11-24 (2 threads, T = 100, in-process ABBA of one thread against two).
-    if forward_dtype is not None and B == 1 and forward_dtype.itemsize == 4 and G != 4:
+    f32 = forward_dtype is not None and B == 1 and forward_dtype.itemsize == 4
+    f64 = forward_dtype is not None and B == 1 and forward_dtype.itemsize == 8
+    if f32 and G != 4:
         # float32 GRU and RNN: one thread (with the projection helper, below, taking x @ w_ih^T off its
         # steps) up to 4/3 of the work. One thread GRU H = 64 -4 to -6% (T = 1000 -21%), H = 68 -14%, RNN
         # H = 112 -9 to -20%, H = 120 -22%; the same at GRU H = 64, T = 20 and GRU H = 72; +20% at GRU
         # H = 80 and +0 to +3.5% at RNN H = 128, which stay on 2. LSTM keeps the rule: one thread +31% at
         # H = 64 (T = 1000 +17%), +3 to +8% at H = 56 and 60.
         per = per * 4 // 3
-    elif forward_dtype is not None and B == 1 and forward_dtype.itemsize == 8 and G != 1:
+    elif f64 and G != 1:
         # float64 GRU and LSTM (twice the bytes of w_hh a step, and costlier activations): two threads from
         # half the work. Two threads GRU H = 48 -14 to -17%, H = 64 -24%, LSTM H = 40 -10%, H = 48 -17%;
         # +2% at GRU H = 40, +5% at LSTM H = 32 and +29% at GRU H = 32, which stay on 1. RNN keeps the rule:

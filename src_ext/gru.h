@@ -69,8 +69,10 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
     /* reset before: h_{s-1} comes from phase n's groups: one block */
     const rf_index K1 = after ? SFX(row1_k1)(c, H, ub) : 0;
     const int done = SFX(row1_begin)(c, sp, q, s, hprev, H, K1, panel, NV, g_lo, g_hi, part);
-    /* the saves past the caches (common epilogue only): r, z, n, h_{s-1}, hn */
-    const int nts = after && !c->lengths && ub == 1 && rf_saves_nt(c, s, 5 * H * (rf_index)sizeof(REAL));
+    /* the common case's out-of-line epilogue (gru_fwd_epi), which may store the saves past the caches: r, z,
+     * n, h_{s-1}, hn */
+    const int common = after && !c->lengths && ub == 1;
+    const int nts = common && rf_saves_nt(c, s, 5 * H * (rf_index)sizeof(REAL));
     RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * H;
@@ -85,7 +87,7 @@ static RF_INLINE void SFX(gru_fwd_rz)(const rf_ctx *c, rf_index s, rf_split *sp,
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL),
                                 xn, Gs);
             }
-            if (after && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
+            if (common && (grp + 1) * V <= H) {
                 rf_index t, len; /* every row at the same time index (no lengths) */
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;

@@ -117,8 +117,10 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
     /* with a projection h_{s-1} comes from the projection's groups: one block */
     const rf_index K1 = proj ? 0 : SFX(row1_k1)(c, H, ub);
     const int done = SFX(row1_begin)(c, sp, q, s, hprev, K, K1, panel, NV, g_lo, g_hi, part);
-    /* the saves past the caches (common epilogue only): the gates, c_t, c_{t-1}, h_{t-1} */
-    const int nts = !peep && !proj && !c->lengths && ub == 1 && rf_saves_nt(c, s, 7 * H * (rf_index)sizeof(REAL));
+    /* the common case's out-of-line epilogue (lstm_fwd_epi), which may store the saves past the caches: the
+     * gates, c_t, c_{t-1}, h_{t-1} */
+    const int common = !peep && !proj && !c->lengths && ub == 1;
+    const int nts = common && rf_saves_nt(c, s, 7 * H * (rf_index)sizeof(REAL));
     RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr) {
         const REAL *A[8];
         for (int i = 0; i < nr; i++) A[i] = hprev + (r0 + i) * K;
@@ -134,7 +136,7 @@ static RF_INLINE void SFX(lstm_fwd_gates)(const rf_ctx *c, rf_index s, rf_split 
                                 RF_STEP_ROW1(g_lo, g_hi, K1, done, done ? part + (g_cur - g_lo) * NV * V : NULL),
                                 NULL, 1);
             }
-            if (!peep && !proj && !c->lengths && ub == 1 && (grp + 1) * V <= H) {
+            if (common && (grp + 1) * V <= H) {
                 rf_index t, len; /* every row at the same time index (no lengths) */
                 SFX(row_at)(c, s, r0, &t, &len);
                 const rf_index j0 = grp * V, row = t * B + r0;
