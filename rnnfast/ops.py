@@ -721,7 +721,9 @@ def _backward(cell, dy, dh_n, dc_n, saved, state_grads):
     a = s.buffers
     if N:
         V = _kernels.lanes(dtype)
-        dg_tb = _scratch("dg_tb", (T, B, GH), dtype)
+        # GRU reset_after: the hidden side's gate gradients (dgh_tb) differ from the input side's only in
+        # the n part, so dg_tb keeps just that part; the kernel reads dg's r and z parts from dgh_tb
+        dg_tb = _scratch("dg_tb", (T, B, H if after else GH), dtype)
         dgh_tb = _scratch("dgh_tb", (T, B, GH), dtype) if after else None
         # Panels: w_hh^T for the recurrent GEMM (GRU reset before: its r, z rows; w_hn^T apart), w_hr for
         # dm = dh @ w_hr, w_ih^T for dx (all three packed by the training forward), and the columns of x,

@@ -379,6 +379,13 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
     c.saves_keep = saves_keep  # < 0: every save stored as usual
     # every array the loops index must hold at least the elements they touch (sizes are 64-bit)
     _needs(need, T, B, I, H, K, G, V, xw_steps)
+    if backward and cell == "gru" and mode == 1:
+        # reset_after: dg_tb holds the n part of the gate gradients only, dgh_tb all three
+        if a.get("dgh_tb") is None:
+            raise ValueError("internal: a GRU reset_after backward needs dgh_tb")
+        need[F_DG_TB] = T * B * H
+    elif a.get("dgh_tb") is not None:
+        raise ValueError("internal: dgh_tb is for a GRU reset_after backward only")
     memset(ptr, 0, sizeof(ptr))
     packs = ()
     for name, arr in a.items():

@@ -711,11 +711,15 @@ static RF_INLINE void SFX(map_row)(const SFX(rowmap) *m, rf_index n, const REAL 
 /* The whole-sequence GEMMs that bracket the time loop run in the same parallel region, on the same tiles:
  * out[n, :] = A[n, :K] @ panels for rows n_lo..n_hi (mapped as above). No BLAS thread pool ever runs
  * between (or, worse, spins beside) the kernel's own threads. Gs gates of N units per row are written to
- * out[n, g*N + j] (the natural torch layout), the tails masked. */
+ * out[n, g*N + j] (the natural torch layout), the tails masked. With K2 > 0 each row goes on in a second
+ * operand, the reduction k = K..K+K2-1 read at A2[n, k - K] (rows lda2 apart): each output is the same
+ * FMA chain over k as for one row of K + K2. */
 static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo, rf_index g_hi, rf_index RB,
                                      const SFX(rowmap) *map, const REAL *A, rf_index lda, rf_index K,
-                                     const REAL *panel, int Gs, int ub, rf_index N, REAL *out, rf_index ldo) {
+                                     const REAL *A2, rf_index lda2, rf_index K2, const REAL *panel, int Gs,
+                                     int ub, rf_index N, REAL *out, rf_index ldo) {
     const int NV = Gs * ub;
+    const rf_index gsize = (K + K2) * NV * V;
     REAL tile[8 * 4 * V] __attribute__((aligned(64)));
     /* Row blocks outer, groups g_lo..g_hi, then row tiles: each panel group is read once per block of
      * RB rows. */
@@ -723,12 +727,17 @@ static RF_INLINE void SFX(rows_gemm)(rf_index n_lo, rf_index n_hi, rf_index g_lo
         const rf_index b_hi = n_hi - b_lo < RB ? n_hi : b_lo + RB;
         for (rf_index grp = g_lo; grp < g_hi; grp++) {
             RF_TILE_ROWS(b_lo, b_hi, NV, r0, nr) {
-                const REAL *Ar[8];
+                const REAL *Ar[8], *A2r[8];
                 REAL *Or[8];
                 rf_index pf_n;
-                for (int i = 0; i < nr; i++) SFX(map_row)(map, r0 + i, A, lda, out, ldo, &Ar[i], &Or[i]);
-                SFX(gemm_tile_x)(nr, NV, Ar, 1, K, panel + grp * K * NV * V, NV * V, 0, tile,
-                                 SFX(ahead)(panel, K * NV * V, grp, g_lo, g_hi, rt_i_, rt_c_, 0, &pf_n), pf_n);
+                for (int i = 0; i < nr; i++) {
+                    SFX(map_row)(map, r0 + i, A, lda, out, ldo, &Ar[i], &Or[i]);
+                    if (K2 > 0) SFX(map_row)(map, r0 + i, A2, lda2, out, ldo, &A2r[i], &Or[i]);
+                }
+                SFX(gemm_tile_x)(nr, NV, Ar, 1, K, panel + grp * gsize, NV * V, 0, tile,
+                                 SFX(ahead)(panel, gsize, grp, g_lo, g_hi, rt_i_, rt_c_, 0, &pf_n), pf_n);
+                if (K2 > 0)
+                    SFX(gemm_tile_x)(nr, NV, A2r, 1, K2, panel + grp * gsize + K * NV * V, NV * V, 1, tile, NULL, 0);
                 for (int i = 0; i < nr; i++)
                     for (int sb = 0; sb < ub; sb++) {
                         const rf_index j0 = (grp * ub + sb) * V;
@@ -772,7 +781,7 @@ static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) { SFX(pack
 /* xw rows n_lo..n_hi (rows of x as `map` says) of panel groups g_lo..g_hi of w_ih, in blocks of RB rows. */
 static RF_INLINE void SFX(project_rows)(const rf_ctx *c, const SFX(rowmap) *map, rf_index n_lo, rf_index n_hi,
                                         rf_index g_lo, rf_index g_hi, rf_index RB) {
-    SFX(rows_gemm)(n_lo, n_hi, g_lo, g_hi, RB, map, (const REAL *)c->x, c->n_in, c->n_in, (const REAL *)c->wih_pack,
+    SFX(rows_gemm)(n_lo, n_hi, g_lo, g_hi, RB, map, (const REAL *)c->x, c->n_in, c->n_in, NULL, 0, 0, (const REAL *)c->wih_pack,
                    (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
 }
 
@@ -969,14 +978,17 @@ static RF_INLINE int SFX(row1_begin)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q,
     return done;
 }
 
-/* Backward epilogue: dx = dg @ w_ih for all T*B rows. */
+/* Backward epilogue: dx = dg @ w_ih for all T*B rows. GRU reset_after (dgh_tb): dg's r and z parts are
+ * dgh_tb's, and dg_tb holds only its n part, (T, B, H). */
 static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
     rf_sync_all(sp);
     const SFX(rowmap) ident = {0};
+    const rf_index GH = c->G * c->H, H = c->H;
+    const REAL *dg = (const REAL *)c->dg_tb, *dgh = (const REAL *)c->dgh_tb;
     rf_index lo, hi;
     rf_share(sp, c->T * c->B, &lo, &hi);
-    SFX(rows_gemm)(lo, hi, 0, RF_NGRP(c->n_in, c->uihq), 64, &ident, (const REAL *)c->dg_tb, c->G * c->H,
-                   c->G * c->H, (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
+    SFX(rows_gemm)(lo, hi, 0, RF_NGRP(c->n_in, c->uihq), 64, &ident, dgh ? dgh : dg, GH, dgh ? 2 * H : GH, dg, H,
+                   dgh ? H : 0, (const REAL *)c->wihq_pack, 1, c->uihq, c->n_in, (REAL *)c->dx, c->n_in);
 }
 
 /* Weight gradient dW[m, :] (+)= sum_n A[n, m] * Bm[n, :] for the M rows m of dW, split between threads in
@@ -1110,7 +1122,13 @@ static RF_INLINE void SFX(weight_gradients)(const rf_ctx *c, rf_split *sp) {
     const REAL *hp = c->hp_ld ? (const REAL *)c->hprev_tb : (const REAL *)c->hp_pack;
     const REAL *mp = c->mp_ld ? (const REAL *)c->m_tb : (const REAL *)c->mp_pack;
     REAL *db_ih = (REAL *)c->db_ih, *db_hh = (REAL *)c->db_hh;
-    SFX(weight_grad)(sp, N, GH, (const REAL *)c->dg_tb, GH, xp, c->xp_ld, c->uxp, I, (REAL *)c->dw_ih, I, db_ih);
+    if (c->dgh_tb) { /* GRU reset_after: dg's r and z rows are dgh's, its n rows dg_tb's (T, B, H) */
+        SFX(weight_grad)(sp, N, 2 * H, dgh, GH, xp, c->xp_ld, c->uxp, I, (REAL *)c->dw_ih, I, db_ih);
+        SFX(weight_grad)(sp, N, H, (const REAL *)c->dg_tb, H, xp, c->xp_ld, c->uxp, I, (REAL *)c->dw_ih + 2 * H * I,
+                         I, db_ih ? db_ih + 2 * H : NULL);
+    } else {
+        SFX(weight_grad)(sp, N, GH, (const REAL *)c->dg_tb, GH, xp, c->xp_ld, c->uxp, I, (REAL *)c->dw_ih, I, db_ih);
+    }
     if (c->G == 3 && c->mode != 1) {
         SFX(weight_grad)(sp, N, 2 * H, dgh, GH, hp, c->hp_ld, c->uhp, K, (REAL *)c->dw_hh, K, db_hh);
         SFX(weight_grad)(sp, N, H, dgh + 2 * H, GH, mp, c->mp_ld, c->ump, H, (REAL *)c->dw_hh + 2 * H * K, K,

@@ -263,7 +263,8 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
         for (rf_index grp = g_cur; grp < g_cur + m; grp++) {
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
                 const SFX(pfs) st[6] = {{dy, H, 0, 1, 1}, {g_tb, GH, H, 3, 1}, {hp_tb, H, 0, 1, 1},
-                                        {after ? m_tb : NULL, H, 0, 1, 1}, {dg_tb, GH, H, 3, 1},
+                                        {after ? m_tb : NULL, H, 0, 1, 1},
+                                        after ? (SFX(pfs)){dg_tb, H, 0, 1, 1} : (SFX(pfs)){dg_tb, GH, H, 3, 1},
                                         {after ? dgh_tb : NULL, GH, H, 3, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
                 SFX(step_gemm)(nr, (int)m, NV, A, Kq, panel, g_cur, out,
@@ -282,10 +283,9 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
                     else dh += SFX(vload)(carry + b * Hp + j0);
                     if (s < 0) { SFX(vstore_n)(dh0 + b * H + j0, dh, nl); continue; }
                     if (!active) {
-                        for (int g = after ? 0 : 1; g < 3; g++) {
-                            SFX(zero_n)(dg_tb + (s * B + b) * GH + g * H + j0, nl);
-                            if (after) SFX(zero_n)(dgh_tb + (s * B + b) * GH + g * H + j0, nl);
-                        }
+                        if (after) SFX(zero_n)(dg_tb + (s * B + b) * H + j0, nl);
+                        for (int g = after ? 0 : 1; g < 3; g++)
+                            SFX(zero_n)((after ? dgh_tb : dg_tb) + (s * B + b) * GH + g * H + j0, nl);
                         continue;
                     }
                     if (dy) dh += SFX(vload_n)(dy + (t * B + b) * H + j0, nl);
@@ -295,17 +295,18 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
                     const VEC dn_pre = dh * (1 - z) * (1 - n * n);
                     const VEC dz_pre = dh * (hp - n) * z * (1 - z);
                     SFX(vstore)(carry + b * Hp + j0, dh * z);
-                    REAL *dg = dg_tb + (t * B + b) * GH + j0;
-                    SFX(vstore_n)(dg + H, dz_pre, nl);
-                    SFX(vstore_n)(dg + 2 * H, dn_pre, nl);
-                    if (after) {
+                    if (after) { /* dgh and the n part of dg (its r and z parts are dgh's) */
                         const VEC hn = SFX(vload_n)(m_tb + (t * B + b) * H + j0, nl);
                         const VEC dr_pre = dn_pre * hn * r * (1 - r);
                         REAL *dgh = dgh_tb + (t * B + b) * GH + j0;
-                        SFX(vstore_n)(dg, dr_pre, nl);
                         SFX(vstore_n)(dgh, dr_pre, nl);
                         SFX(vstore_n)(dgh + H, dz_pre, nl);
                         SFX(vstore_n)(dgh + 2 * H, dn_pre * r, nl);
+                        SFX(vstore_n)(dg_tb + (t * B + b) * H + j0, dn_pre, nl);
+                    } else {
+                        REAL *dg = dg_tb + (t * B + b) * GH + j0;
+                        SFX(vstore_n)(dg + H, dz_pre, nl);
+                        SFX(vstore_n)(dg + 2 * H, dn_pre, nl);
                     }
                 }
             }

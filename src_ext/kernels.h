@@ -89,8 +89,9 @@ typedef struct {
     const void *wq_pack;    /* backward panels: w_hh^T (GRU reset-before: r, z rows only) */
     const void *wq2_pack;   /* LSTM projection: panels of w_hr^T... (dm = dh @ w_hr); GRU reset-before: w_hn^T */
     int uq, uq2;            /* unit blocks per group for wq_pack / wq2_pack */
-    void *dg_tb;            /* (T, B, G*H) gradient of the gate pre-activations (input side) */
-    void *dgh_tb;           /* (T, B, G*H) GRU reset_after: hidden-side gate gradients (n part times r) */
+    void *dg_tb;            /* (T, B, G*H) gradient of the gate pre-activations (input side); GRU
+                               reset_after: (T, B, H), the n part only (r and z are dgh_tb's) */
+    void *dgh_tb;           /* (T, B, G*H) GRU reset_after (only): hidden-side gate gradients (n part times r) */
     void *dhp_tb;           /* (T, B, P) LSTM projection: gradient of h_t (the projected state) */
     void *dh0;              /* (B, K) out; NULL: no initial-state gradients (rf_bwd_last) */
     void *dx;               /* (T, B, I) out: dg @ w_ih, computed inside the region after the time loop */
