@@ -781,8 +781,8 @@ static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) { SFX(pack
 /* xw rows n_lo..n_hi (rows of x as `map` says) of panel groups g_lo..g_hi of w_ih, in blocks of RB rows. */
 static RF_INLINE void SFX(project_rows)(const rf_ctx *c, const SFX(rowmap) *map, rf_index n_lo, rf_index n_hi,
                                         rf_index g_lo, rf_index g_hi, rf_index RB) {
-    SFX(rows_gemm)(n_lo, n_hi, g_lo, g_hi, RB, map, (const REAL *)c->x, c->n_in, c->n_in, NULL, 0, 0, (const REAL *)c->wih_pack,
-                   (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
+    SFX(rows_gemm)(n_lo, n_hi, g_lo, g_hi, RB, map, (const REAL *)c->x, c->n_in, c->n_in, NULL, 0, 0,
+                   (const REAL *)c->wih_pack, (int)c->G, c->uih, c->H, (REAL *)c->xw, c->G * c->H);
 }
 
 /* Forward, before loop step s0 whenever s0 starts a chunk: xw rows of steps s0..s0+xw_steps-1 (x @ w_ih^T,
