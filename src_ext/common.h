@@ -1008,9 +1008,17 @@ static RF_INLINE void SFX(input_gradient)(const rf_ctx *c, rf_split *sp) {
  * a tile: LSTM mid -14%, big -3.6%; GRU big and RNN big within noise (+-2%). */
 #define RF_WG_STRIP 48
 #define RF_WG_LINE 16
+/* weight_grad's A may come in two parts: its columns m < M1 are A's (rows lda apart), the others column m - M1
+ * of A2 (rows lda2 apart; GRU reset_after's dw_ih: the r, z columns of dgh, then the n part of dg). Strips do
+ * not straddle M1. Where column m starts, and the row stride there: */
+static RF_INLINE const REAL *SFX(wg_col)(const REAL *A, rf_index lda, rf_index M1, const REAL *A2, rf_index lda2,
+                                         rf_index m, rf_index *ld) {
+    *ld = m < M1 ? lda : lda2;
+    return m < M1 ? A + m : A2 + (m - M1);
+}
 static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index M, const REAL *A, rf_index lda,
-                                       const REAL *bm, rf_index ldb, int ub, rf_index L, REAL *dW, rf_index ldw,
-                                       REAL *db) {
+                                       rf_index M1, const REAL *A2, rf_index lda2, const REAL *bm, rf_index ldb,
+                                       int ub, rf_index L, REAL *dW, rf_index ldw, REAL *db) {
     /* NBMAX: the strip's block of A is at most 72 KiB of stack (384 rows of floats, 192 of doubles) */
     enum { SW = RF_WG_STRIP, SV = RF_WG_STRIP / V, NBMAX = 72 * 1024 / (SW * sizeof(REAL)) };
     const int NV = ub;
@@ -1023,8 +1031,10 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
     if (ngrp == 0) {
         if (db)
             for (rf_index m = m_lo; m < m_hi; m++) {
+                rf_index ld;
+                const REAL *col = SFX(wg_col)(A, lda, M1, A2, lda2, m, &ld);
                 REAL s = 0;
-                for (rf_index n = 0; n < N; n++) s += A[n * lda + m];
+                for (rf_index n = 0; n < N; n++) s += col[n * ld];
                 db[m] = s;
             }
         return;
@@ -1039,13 +1049,15 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
     REAL apack[NBMAX * SW] __attribute__((aligned(64)));
     for (rf_index n0 = 0; n0 < N; n0 += NB) {
         const rf_index nk = N - n0 < NB ? N - n0 : NB;
-        for (rf_index st = m_lo; st < m_hi; st += SW) {
-            const rf_index st_hi = m_hi - st < SW ? m_hi : st + SW;
+        for (rf_index st = m_lo, st_hi; st < m_hi; st = st_hi) {
+            st_hi = RF_MIN(RF_MIN(st + SW, m_hi), st < M1 ? M1 : m_hi);
+            rf_index a_ld;
+            const REAL *a_st = SFX(wg_col)(A, lda, M1, A2, lda2, st, &a_ld);
             const int sv = (int)((st_hi - st + V - 1) / V); /* the strip's vectors (lanes past m_hi read 0) */
             VEC sum[SV];
             for (int u = 0; u < SV; u++) sum[u] = SFX(vsplat)(0);
             for (rf_index k = 0; k < nk; k++) {
-                const REAL *src = A + (n0 + k) * lda + st;
+                const REAL *src = a_st + (n0 + k) * a_ld;
                 for (int u = 0; u < sv; u++) {
                     const rf_index c0 = st + u * V;
                     const VEC v = c0 + V <= st_hi ? SFX(vload)(src + u * V) : SFX(vload_n)(src + u * V, (int)(st_hi - c0));
@@ -1060,14 +1072,17 @@ static RF_INLINE void SFX(weight_grad)(const rf_split *sp, rf_index N, rf_index 
                 }
             /* the next strip's slice of A (or the next block's first), a share of its rows before each GEMM
              * of this strip: the copy above otherwise waits on each of its rows in turn (lda apart, in L3) */
-            const rf_index nx_n0 = st + SW < m_hi ? n0 : n0 + NB, nx_st = st + SW < m_hi ? st + SW : m_lo;
-            const rf_index nx_nk = nx_n0 < N ? RF_MIN(N - nx_n0, NB) : 0, nx_w = RF_MIN(SW, m_hi - nx_st);
+            const rf_index nx_n0 = st_hi < m_hi ? n0 : n0 + NB, nx_st = st_hi < m_hi ? st_hi : m_lo;
+            const rf_index nx_nk = nx_n0 < N ? RF_MIN(N - nx_n0, NB) : 0;
+            const rf_index nx_w = RF_MIN(RF_MIN(SW, m_hi - nx_st), nx_st < M1 ? M1 - nx_st : SW);
+            rf_index nx_ld;
+            const REAL *nx_a = SFX(wg_col)(A, lda, M1, A2, lda2, nx_st, &nx_ld);
             const rf_index n_calls = (st_hi - st + RF_RMAX(NV) - 1) / RF_RMAX(NV) * ngrp;
             rf_index call = 0;
             RF_TILE_ROWS(st, st_hi, NV, r0, nr) {
                 for (rf_index grp = 0; grp < ngrp; grp++, call++) {
                     for (rf_index k = nx_nk * call / n_calls; k < nx_nk * (call + 1) / n_calls; k++)
-                        SFX(pf_span)(A + (nx_n0 + k) * lda + nx_st, nx_w);
+                        SFX(pf_span)(nx_a + (nx_n0 + k) * nx_ld, nx_w);
                     /* the next tile of dW (the next group's, or the first group's of the next row tile,
                      * whose rows follow: the next strip's or, after the last, the next block's first),
                      * asked for while this one's GEMM runs */
@@ -1122,20 +1137,16 @@ static RF_INLINE void SFX(weight_gradients)(const rf_ctx *c, rf_split *sp) {
     const REAL *hp = c->hp_ld ? (const REAL *)c->hprev_tb : (const REAL *)c->hp_pack;
     const REAL *mp = c->mp_ld ? (const REAL *)c->m_tb : (const REAL *)c->mp_pack;
     REAL *db_ih = (REAL *)c->db_ih, *db_hh = (REAL *)c->db_hh;
-    if (c->dgh_tb) { /* GRU reset_after: dg's r and z rows are dgh's, its n rows dg_tb's (T, B, H) */
-        SFX(weight_grad)(sp, N, 2 * H, dgh, GH, xp, c->xp_ld, c->uxp, I, (REAL *)c->dw_ih, I, db_ih);
-        SFX(weight_grad)(sp, N, H, (const REAL *)c->dg_tb, H, xp, c->xp_ld, c->uxp, I, (REAL *)c->dw_ih + 2 * H * I,
-                         I, db_ih ? db_ih + 2 * H : NULL);
-    } else {
-        SFX(weight_grad)(sp, N, GH, (const REAL *)c->dg_tb, GH, xp, c->xp_ld, c->uxp, I, (REAL *)c->dw_ih, I, db_ih);
-    }
+    /* dg; GRU reset_after: its r and z columns are dgh's, its n columns dg_tb's (T, B, H) */
+    SFX(weight_grad)(sp, N, GH, dgh, GH, c->dgh_tb ? 2 * H : GH, (const REAL *)c->dg_tb, H, xp, c->xp_ld, c->uxp,
+                     I, (REAL *)c->dw_ih, I, db_ih);
     if (c->G == 3 && c->mode != 1) {
-        SFX(weight_grad)(sp, N, 2 * H, dgh, GH, hp, c->hp_ld, c->uhp, K, (REAL *)c->dw_hh, K, db_hh);
-        SFX(weight_grad)(sp, N, H, dgh + 2 * H, GH, mp, c->mp_ld, c->ump, H, (REAL *)c->dw_hh + 2 * H * K, K,
-                         db_hh ? db_hh + 2 * H : NULL);
+        SFX(weight_grad)(sp, N, 2 * H, dgh, GH, 2 * H, NULL, 0, hp, c->hp_ld, c->uhp, K, (REAL *)c->dw_hh, K, db_hh);
+        SFX(weight_grad)(sp, N, H, dgh + 2 * H, GH, H, NULL, 0, mp, c->mp_ld, c->ump, H,
+                         (REAL *)c->dw_hh + 2 * H * K, K, db_hh ? db_hh + 2 * H : NULL);
     } else {
-        SFX(weight_grad)(sp, N, GH, dgh, GH, hp, c->hp_ld, c->uhp, K, (REAL *)c->dw_hh, K, db_hh);
+        SFX(weight_grad)(sp, N, GH, dgh, GH, GH, NULL, 0, hp, c->hp_ld, c->uhp, K, (REAL *)c->dw_hh, K, db_hh);
     }
     if (c->proj)
-        SFX(weight_grad)(sp, N, K, (const REAL *)c->dhp_tb, K, mp, c->mp_ld, c->ump, H, (REAL *)c->dw_hr, H, NULL);
+        SFX(weight_grad)(sp, N, K, (const REAL *)c->dhp_tb, K, K, NULL, 0, mp, c->mp_ld, c->ump, H, (REAL *)c->dw_hr, H, NULL);
 }
