@@ -583,6 +583,19 @@ static RF_INLINE int SFX(any_active)(const rf_ctx *c, rf_index s, rf_index r0, i
     return 0;
 }
 
+/* A backward step's recurrent GEMM reads dg of step s+1, or c->zero for a row past its sequence's last step
+ * (every row at s = T-1 without lengths). Such a row's dh from the GEMM is 0 whatever w_hh holds, as in
+ * torch, which adds nothing to dy there: the epilogue takes 0 for it, and a tile all of whose rows are such
+ * skips its GEMM (1/T of the recurrent GEMMs of a backward). */
+static RF_INLINE int SFX(rows_zero)(const REAL *const *A, int nr, const REAL *zero) {
+    for (int i = 0; i < nr; i++)
+        if (A[i] != zero) return 0;
+    return 1;
+}
+static RF_INLINE VEC SFX(bwd_dh)(const REAL *a, const REAL *zero, const REAL *out) {
+    return a == zero ? SFX(vsplat)(0) : SFX(vload)(out);
+}
+
 /* step_gemm with the input projection fused in (c->fuse_x: LSTM, RNN, GRU reset_after; B >= 2, so one
  * group at a time): the tile sums x_t @ w_ih^T over the w_ih panels (the same group layout, I rows), then
  * continues the same accumulators over h (acc_in), so every pre-activation is one FMA chain over k in the

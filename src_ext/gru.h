@@ -267,8 +267,8 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
                                         after ? (SFX(pfs)){dg_tb, H, 0, 1, 1} : (SFX(pfs)){dg_tb, GH, H, 3, 1},
                                         {after ? dgh_tb : NULL, GH, H, 3, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
-                SFX(step_gemm)(nr, (int)m, NV, A, Kq, panel, g_cur, out,
-                                RF_STEP_AHEAD(g_lo, g_hi));
+                if (!SFX(rows_zero)(A, nr, zero))
+                    SFX(step_gemm)(nr, (int)m, NV, A, Kq, panel, g_cur, out, RF_STEP_AHEAD(g_lo, g_hi));
             }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -278,7 +278,7 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
                     const rf_index j0 = (grp * ub + sb) * V;
                     if (j0 >= H) break;
                     const int nl = (int)(H - j0 < V ? H - j0 : V);
-                    VEC dh = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
+                    VEC dh = SFX(bwd_dh)(A[i], zero, out + ((grp - g_cur + i) * NV + sb) * V);
                     if (s == len - 1) { if (dh_n) dh += SFX(vload_n)(dh_n + b * H + j0, nl); }
                     else dh += SFX(vload)(carry + b * Hp + j0);
                     if (s < 0) { SFX(vstore_n)(dh0 + b * H + j0, dh, nl); continue; }

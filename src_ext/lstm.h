@@ -340,8 +340,8 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
                                         {proj ? NULL : (const REAL *)c->cprev_tb, H, 0, 1, 1},
                                         {proj ? NULL : dg_tb, GH, H, 4, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, K - g_cur * ub * V), st, 6);
-                SFX(step_gemm)(nr, (int)m, NV, A, GH, panel, g_cur, out,
-                                RF_STEP_AHEAD(g_lo, g_hi));
+                if (!SFX(rows_zero)(A, nr, zero))
+                    SFX(step_gemm)(nr, (int)m, NV, A, GH, panel, g_cur, out, RF_STEP_AHEAD(g_lo, g_hi));
             }
             for (int i = 0; i < nr; i++) {
                 const rf_index b = r0 + i;
@@ -351,7 +351,7 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
                     const rf_index k0 = (grp * ub + sb) * V;
                     if (k0 >= K) break;
                     const int nl = (int)(K - k0 < V ? K - k0 : V);
-                    VEC dh = SFX(vload)(out + ((grp - g_cur + i) * NV + sb) * V);
+                    VEC dh = SFX(bwd_dh)(A[i], zero, out + ((grp - g_cur + i) * NV + sb) * V);
                     if (s == len - 1 && dh_n) dh += SFX(vload_n)(dh_n + b * K + k0, nl);
                     if (s < 0) { SFX(vstore_n)(dh0 + b * K + k0, dh, nl); continue; }
                     if (!active) {
