@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import threading
+from time import perf_counter as _clock
 
 import numpy as np
 
@@ -291,6 +292,59 @@ def _threads(B, G, H, K, forward_dtype=None):
     return max(1, min(n, (B * G * H * K) // per))
 
 
+# A batch-1 forward whose step work (G*H*K multiply-adds) lies in this band runs on one or two threads by
+# what its own recent calls measured (one thread against the rule's count, or two when the rule says one),
+# not by the rule above alone: there a second thread gains or loses by
+# how long a cache line takes between the two cores, and that changes while a process runs. On this
+# machine (2 vCPUs) a round trip of one line measured ~105-115 ns for minutes and ~500-540 ns for minutes
+# after, and with it (2026-11-24, float32, T = 100, I = H, in-process, interleaved) two threads against one
+# went from 0.75 to 1.33x at LSTM H = 64, from 0.72 to 0.96x at LSTM H = 128 and from 0.95 to 1.87x at GRU
+# H = 64. The choice changes no bit: a batch-1 step's sums do not depend on the thread count (row1_k1).
+_TUNE_MIN_WORK = 8192
+_TUNE_MAX_WORK = 98304
+# The calls of a shape: the first _TUNE_WARM run as the rule says and are not counted (they fault in their
+# workspaces), then each thread count runs until it has _TUNE_KEEP timings; from then on the count with the
+# lower median of its last _TUNE_KEEP timings runs, and every _TUNE_PROBE-th call the other one, so that a
+# change of the machine's state is seen within a few probes (at most ~1/_TUNE_PROBE of the calls run on the
+# slower count).
+_TUNE_WARM = 2
+_TUNE_KEEP = 3
+_TUNE_PROBE = 128
+_TUNE_FILL = _TUNE_WARM + 2 * _TUNE_KEEP
+
+
+class _Tune:
+    __slots__ = ("calls", "best", "other", "times", "timing", "n")
+
+    def __init__(self, rule, other, n):
+        self.calls = 0
+        self.best, self.other, self.n = rule, other, n
+        self.times = {rule: [], other: []}
+        self.timing = False
+
+    def choose(self):
+        # cheap on purpose (a batch-1 call in the band takes ~40-200 us): only the fill, the probes and the
+        # calls just before each probe (the current count's fresh timings) are timed
+        c = self.calls = self.calls + 1
+        if c <= _TUNE_FILL:
+            self.timing = c > _TUNE_WARM
+            return self.best if c <= _TUNE_WARM + _TUNE_KEEP else self.other
+        phase = c % _TUNE_PROBE
+        self.timing = phase == 0 or phase > _TUNE_PROBE - _TUNE_KEEP
+        return self.other if phase == 0 else self.best
+
+    def record(self, nt, seconds):
+        kept = self.times[nt]
+        kept.append(seconds)
+        if len(kept) > _TUNE_KEEP:
+            del kept[0]
+        c = self.calls
+        if c == _TUNE_FILL or (c > _TUNE_FILL and c % _TUNE_PROBE == 0):
+            best, other = self.best, self.other
+            if sorted(self.times[other])[_TUNE_KEEP // 2] < sorted(self.times[best])[_TUNE_KEEP // 2]:
+                self.best, self.other = other, best
+
+
 # A training forward stores the saves of its steps past the caches (non-temporal stores, LSTM and GRU
 # reset_after without lengths), except the last _SAVES_KEEP_BYTES of them: backward reads the steps in
 # reverse, so it finds those in L3, while the earlier ones would be pushed out by the later ones anyway (the
@@ -503,7 +557,8 @@ def _make_plan(cell, dtype, T, B, I, H, K, G, after, proj, no_bias):
                 bias=None if no_bias else _scratch("bias", (GH,), dtype),
                 hbuf=_scratch("hbuf", (2, B, K), dtype), cbuf=_scratch("cbuf", (B, _round_up(H, V)), dtype),
                 mbuf=_scratch("mbuf", (B, H), dtype) if (proj or (cell == "gru" and not after)) else None)
-    return xw_steps, ub, ub2, uih, fuse_x, work, [(n, spec[1:]) for n, spec in zip(names, specs)]
+    # the last item holds the batch-1 thread choice of an inference plan that is kept (_Tune)
+    return xw_steps, ub, ub2, uih, fuse_x, work, [(n, spec[1:]) for n, spec in zip(names, specs)], [None]
 
 
 # An inference call's plan (its workspaces, panel layout and pack specs, _make_plan) is kept per thread for
@@ -580,7 +635,7 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
         if plan is None:
             plan = _make_plan(cell, dtype, T, B, I, H, K, G, after, proj, b_ih is None and b_hh is None)
             _plan_put(key, plan)
-        xw_steps, ub, ub2, uih, fuse_x, work, pack_specs = plan
+        xw_steps, ub, ub2, uih, fuse_x, work, pack_specs, tune_slot = plan
         srcs = {"w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr}
         packs = [(srcs[name],) + spec for name, spec in pack_specs]
         a = dict(work, packs=packs, x=x, b_ih=b_ih, b_hh=b_hh, peep=w_peep, y=y, h0=h0, c0=c0, h_n=h_n, c_n=c_n,
@@ -616,13 +671,25 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
                 # backward's private copy of x (see _private), made by the kernel's threads on their way in
                 a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
         nt = _threads(B, G, H, K, forward_dtype=dtype)
+        tune = None
+        if key is not None and B == 1 and _TUNE_MIN_WORK <= G * H * K <= _TUNE_MAX_WORK:
+            n = min(get_num_threads(), _cpus())
+            tune = tune_slot[0]
+            if tune is None or tune.n != n:
+                # one thread against the rule's count, or against two when the rule says one
+                tune = tune_slot[0] = _Tune(nt, 1 if nt > 1 else 2, n) if n >= 2 else None
+            if tune is not None:
+                nt = tune.choose()
         # batch 1 whose steps stay on one thread: a second thread for the projection (_HELPER_MIN_WORK)
         helper = (nt == 1 and B == 1 and not fuse_x and xw_steps == T and T * I * G * H >= _HELPER_MIN_WORK
                   and min(get_num_threads(), _cpus()) >= 2)
+        started = _clock() if tune is not None and tune.timing else None
         _kernels.run(cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
                      2 if helper else nt, ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
                      split=_split(cell, B, H, K, training, False), hp_shared=hp_shared, fuse_x=fuse_x,
                      xw_helper=helper, saves_keep=_SAVES_KEEP_BYTES)
+        if started is not None:
+            tune.record(nt, _clock() - started)
     saved = None
     if training:
         saved = _Saved()

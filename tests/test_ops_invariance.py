@@ -108,6 +108,7 @@ def test_batch1_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, H):
             expected = run(cell, a, kw, d, threads=1, lengths=lengths, reverse=reverse)
         monkeypatch.setattr(ops, "_HELPER_MIN_WORK", 0)
         monkeypatch.setattr(ops, "_MIN_STEP_WORK_PER_THREAD", 10 ** 12)
+        monkeypatch.setattr(ops, "_TUNE_MAX_WORK", 0)  # the rule's count, not one chosen by timings
         helped = []
         kernel_run = ops._kernels.run
 
@@ -124,6 +125,52 @@ def test_batch1_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, H):
         assert helped == [True, False, True], helped  # training forward, backward, inference forward
         monkeypatch.undo()
         rnnfast.set_num_threads(1)
+
+
+# A batch-1 inference forward in the band of step work (ops._TUNE_MIN_WORK.._TUNE_MAX_WORK) runs on the
+# thread count its own timings favour: here a fake clock makes each call take 1 s on one thread and 2 s on
+# two (or the reverse), so after the fill the favoured count runs, the other only every _TUNE_PROBE-th call,
+# and a change of the timings moves the choice at the next probes. Every call gives the same bits.
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_batch1_thread_choice_by_timings(rng, monkeypatch, case, dtype):
+    H = 128 if CASES[case][0] == "rnn" else 64
+    cell, a, kw = make_problem(rng, case, 9, 1, 16, H, H - 16, dtype=dtype)
+    work = ops._GATES[cell] * H * a["w_hh"].shape[1]
+    if not ops._TUNE_MIN_WORK <= work <= ops._TUNE_MAX_WORK:
+        pytest.fail(f"{case} H = {H}: {work} multiply-adds a step is outside the band")
+    rnnfast.set_num_threads(1)
+    expected, _ = forward(ops, cell, a, kw)
+    rnnfast.set_num_threads(2)
+    now, cost, used = [0.0], {1: 1.0, 2: 2.0}, []
+    kernel_run = ops._kernels.run
+
+    def timed_run(*args, **kwargs):
+        steps_threads = 1 if kwargs.get("xw_helper") else args[14]
+        used.append(steps_threads)
+        now[0] += cost[steps_threads]
+        return kernel_run(*args, **kwargs)
+
+    monkeypatch.setattr(ops._kernels, "run", timed_run)
+    monkeypatch.setattr(ops, "_clock", lambda: now[0])
+    ops._scratch_tls.plans = None  # a fresh plan: its choice starts from the rule
+    P, fill = ops._TUNE_PROBE, ops._TUNE_FILL
+
+    def calls(n):
+        del used[:]
+        for _ in range(n):
+            out, _ = forward(ops, cell, a, kw)
+            for name, o, e in zip(OUT_NAMES[cell], out, expected):
+                assert np.array_equal(o, e), f"{name} differs from one thread's"
+        return list(used)
+
+    first = calls(fill)
+    assert sorted(set(first)) == [1, 2], first  # both counts timed in the fill
+    later = calls(2 * P)
+    assert [i for i, n in enumerate(later, fill + 1) if n == 2] == [P, 2 * P], later  # probes only
+    cost[1], cost[2] = 3.0, 2.0  # one thread is now the slower: from the next probe on two threads run
+    later = calls(3 * P)
+    assert [i for i, n in enumerate(later, fill + 2 * P + 1) if n == 1 and i > 3 * P] == [4 * P, 5 * P], later
 
 
 # The weight gradients read x, hprev and m (the projection's or reset-before's) where they are when their
