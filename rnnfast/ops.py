@@ -292,14 +292,14 @@ def _threads(B, G, H, K, forward_dtype=None):
     return max(1, min(n, (B * G * H * K) // per))
 
 
-# A batch-1 forward whose step work (G*H*K multiply-adds) lies in this band runs on one or two threads by
-# what its own recent calls measured (one thread against the rule's count, or two when the rule says one),
-# not by the rule above alone: there a second thread gains or loses by
-# how long a cache line takes between the two cores, and that changes while a process runs. On this
-# machine (2 vCPUs) a round trip of one line measured ~105-115 ns for minutes and ~500-540 ns for minutes
-# after, and with it (2026-11-24, float32, T = 100, I = H, in-process, interleaved) two threads against one
-# went from 0.75 to 1.33x at LSTM H = 64, from 0.72 to 0.96x at LSTM H = 128 and from 0.95 to 1.87x at GRU
-# H = 64. The choice changes no bit: a batch-1 step's sums do not depend on the thread count (row1_k1).
+# A batch-1 inference forward whose step work (G*H*K multiply-adds) lies in this band runs on one or two
+# threads by what its own recent calls measured (one thread against the rule's count, or two when the rule
+# says one), not by the rule above alone: there a second thread gains or loses by how long a cache line
+# takes between the two cores, and that changes while a process runs. On this machine (2 vCPUs) a round
+# trip of one line measured ~105-115 ns for minutes and ~500-540 ns for minutes after, and with it
+# (2026-11-24, float32, T = 100, I = H, in-process, interleaved) two threads against one went from 0.75 to
+# 1.33x at LSTM H = 64, from 0.72 to 0.96x at LSTM H = 128 and from 0.95 to 1.87x at GRU H = 64. The choice
+# changes no bit: a batch-1 step's sums do not depend on the thread count (row1_k1).
 _TUNE_MIN_WORK = 8192
 _TUNE_MAX_WORK = 98304
 # The calls of a shape: the first _TUNE_WARM run as the rule says and are not counted (they fault in their
