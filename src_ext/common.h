@@ -585,13 +585,8 @@ static RF_INLINE int SFX(any_active)(const rf_ctx *c, rf_index s, rf_index r0, i
 
 /* A backward step's recurrent GEMM reads dg of step s+1, or c->zero for a row past its sequence's last step
  * (every row at s = T-1 without lengths). Such a row's dh from the GEMM is 0 whatever w_hh holds, as in
- * torch, which adds nothing to dy there: the epilogue takes 0 for it, and a tile all of whose rows are such
- * skips its GEMM (1/T of the recurrent GEMMs of a backward). */
-static RF_INLINE int SFX(rows_zero)(const REAL *const *A, int nr, const REAL *zero) {
-    for (int i = 0; i < nr; i++)
-        if (A[i] != zero) return 0;
-    return 1;
-}
+ * torch, which adds nothing to dy there: the epilogue takes 0 for it, and a tile none of whose rows is
+ * active at s+1 (any_active) skips its GEMM (1/T of the recurrent GEMMs of a backward). */
 static RF_INLINE VEC SFX(bwd_dh)(const REAL *a, const REAL *zero, const REAL *out) {
     return a == zero ? SFX(vsplat)(0) : SFX(vload)(out);
 }

@@ -267,7 +267,7 @@ static RF_INLINE void SFX(gru_bwd_h)(const rf_ctx *c, rf_index s, const rf_split
                                         after ? (SFX(pfs)){dg_tb, H, 0, 1, 1} : (SFX(pfs)){dg_tb, GH, H, 3, 1},
                                         {after ? dgh_tb : NULL, GH, H, 3, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 6);
-                if (!SFX(rows_zero)(A, nr, zero))
+                if (SFX(any_active)(c, s + 1, r0, nr))
                     SFX(step_gemm)(nr, (int)m, NV, A, Kq, panel, g_cur, out, RF_STEP_AHEAD(g_lo, g_hi));
             }
             for (int i = 0; i < nr; i++) {

@@ -340,7 +340,7 @@ static RF_INLINE void SFX(lstm_bwd_rec)(const rf_ctx *c, rf_index s, const rf_sp
                                         {proj ? NULL : (const REAL *)c->cprev_tb, H, 0, 1, 1},
                                         {proj ? NULL : dg_tb, GH, H, 4, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, K - g_cur * ub * V), st, 6);
-                if (!SFX(rows_zero)(A, nr, zero))
+                if (SFX(any_active)(c, s + 1, r0, nr))
                     SFX(step_gemm)(nr, (int)m, NV, A, GH, panel, g_cur, out, RF_STEP_AHEAD(g_lo, g_hi));
             }
             for (int i = 0; i < nr; i++) {

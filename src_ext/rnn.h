@@ -97,7 +97,7 @@ static RF_INLINE void SFX(rnn_bwd_step)(const rf_ctx *c, rf_index s, const rf_sp
             if (grp == g_cur && (s < 0 || SFX(any_active)(c, s, r0, nr))) {
                 const SFX(pfs) st[3] = {{dy, H, 0, 1, 1}, {g_tb, H, 0, 1, 1}, {dg_tb, H, 0, 1, 1}};
                 SFX(pf_tile)(c, s, r0, nr, g_cur * ub * V, RF_MIN(ub * V, H - g_cur * ub * V), st, 3);
-                if (!SFX(rows_zero)(A, nr, zero))
+                if (SFX(any_active)(c, s + 1, r0, nr))
                     SFX(step_gemm)(nr, (int)m, NV, A, H, panel, g_cur, out, RF_STEP_AHEAD(g_lo, g_hi));
             }
             for (int i = 0; i < nr; i++) {
