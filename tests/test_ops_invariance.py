@@ -153,7 +153,9 @@ def test_batch1_thread_choice_by_timings(rng, monkeypatch, case, dtype):
 
     monkeypatch.setattr(ops._kernels, "run", timed_run)
     monkeypatch.setattr(ops, "_clock", lambda: now[0])
-    ops._scratch_tls.plans = None  # a fresh plan: its choice starts from the rule
+    # a fresh plan, whose choice starts from the rule; the plans kept before come back afterwards, so that no
+    # later test meets a choice made on this fake clock
+    monkeypatch.setattr(ops._scratch_tls, "plans", None, raising=False)
     P, fill = ops._TUNE_PROBE, ops._TUNE_FILL
 
     def calls(n):
