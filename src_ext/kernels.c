@@ -166,6 +166,17 @@ static RF_INLINE rf_index rf_step_groups(const rf_split *sp, rf_index g, rf_inde
     return g_hi - g < RF_ROW1_MAXG ? g_hi - g : RF_ROW1_MAXG;
 }
 
+/* A step phase's walk over its groups (common.h, RF_STEP_TILES), `done` groups in: the first group and the
+ * count of the next chunk, up (rv = 0) or down; chunks of cs groups from g_lo either way. */
+static RF_INLINE rf_index rf_walk_g(rf_index rv, rf_index cs, rf_index g_lo, rf_index g_hi, rf_index done) {
+    const rf_index rem = g_hi - g_lo - done;
+    return rv ? g_lo + (rem - 1) / cs * cs : g_lo + done;
+}
+static RF_INLINE rf_index rf_walk_m(rf_index rv, rf_index cs, rf_index g_lo, rf_index g_hi, rf_index done) {
+    const rf_index rem = g_hi - g_lo - done;
+    return rv ? rem - (rem - 1) / cs * cs : (rem < cs ? rem : cs);
+}
+
 /* The end of a step phase in the hidden split, in two halves: arrive here, finish (SFX(step_finish)) before
  * anything reads another thread's results or overwrites what another thread may still read. */
 static RF_INLINE void rf_step_arrive(rf_split *sp) {
