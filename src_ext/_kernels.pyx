@@ -339,20 +339,14 @@ cdef void _wind_up(const real *hlast, real *h_n, const real *cbuf, real *c_n, rf
             memcpy(c_n + b * H, cbuf + b * Hp, H * sizeof(real))
 
 
-def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, rf_index I, rf_index H,
-        rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
-        int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
-        rf_index xw_steps=0, int split=0, rf_index xp_ld=0, rf_index hp_ld=0, rf_index mp_ld=0,
-        bint hp_shared=False, bint fuse_x=False, bint xw_helper=False, rf_index saves_keep=-1):
-    """Run one time loop. `a` maps operand names (_FIELDS: the rf_ctx pointer fields, b_ih / b_hh, h0 / c0 /
-    h_n / c_n) to arrays (or None), plus "packs"; every array must already have its documented shape
-    (rnnfast/ops.py guarantees it)."""
-    cdef rf_ctx c
-    cdef int typenum = cnp.NPY_FLOAT32 if cnp.dtype(dtype).itemsize == 4 else cnp.NPY_FLOAT64
-    cdef void *ptr[NF]
+cdef int _fill(rf_ctx *c, void **ptr, str cell, bint backward, int typenum, dict a, rf_index T, rf_index B,
+               rf_index I, rf_index H, rf_index K, int G, bint reverse, int mode, bint training, bint proj,
+               int n_threads, int ub, int ub2, int uq, int uq2, int uih, int uihq, int uxp, int uhp, int ump,
+               rf_index xw_steps, int split, rf_index xp_ld, rf_index hp_ld, rf_index mp_ld, bint hp_shared,
+               bint fuse_x, bint xw_helper, rf_index saves_keep) except -1:
+    """c and ptr (the operands by field id) from run()'s arguments, every one checked."""
     cdef rf_index need[NF]
     cdef rf_index V = rf_lanes_f32() if typenum == cnp.NPY_FLOAT32 else rf_lanes_f64()
-    cdef rf_index Hp = (H + V - 1) // V * V
     cdef int i
     c.T = T; c.B = B; c.n_in = I; c.H = H; c.K = K; c.G = G
     c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
@@ -386,7 +380,7 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
         need[F_DG_TB] = T * B * H
     elif a.get("dgh_tb") is not None:
         raise ValueError("internal: dgh_tb is for a GRU reset_after backward only")
-    memset(ptr, 0, sizeof(ptr))
+    memset(ptr, 0, NF * sizeof(void *))
     packs = ()
     for name, arr in a.items():
         if name == "packs":
@@ -428,46 +422,203 @@ def run(str cell, bint backward, object dtype, dict a, rf_index T, rf_index B, r
         raise ValueError("internal: hprev_tb cannot be read in place")
     if mp_ld and (mp_ld != H or c.m_tb == NULL or H % (ump * V)):
         raise ValueError("internal: m_tb cannot be read in place")
-    cdef loop_fn fn
-    cdef bint f32 = typenum == cnp.NPY_FLOAT32
-    if cell == "rnn":
-        if backward:
-            fn = rf_rnn_backward_f32 if f32 else rf_rnn_backward_f64
-        else:
-            fn = rf_rnn_forward_f32 if f32 else rf_rnn_forward_f64
-    elif cell == "lstm":
-        if backward:
-            fn = rf_lstm_backward_f32 if f32 else rf_lstm_backward_f64
-        else:
-            fn = rf_lstm_forward_f32 if f32 else rf_lstm_forward_f64
-    elif cell == "gru":
-        if backward:
-            fn = rf_gru_backward_f32 if f32 else rf_gru_backward_f64
-        else:
-            fn = rf_gru_forward_f32 if f32 else rf_gru_forward_f64
-    else:
+    if cell not in ("rnn", "lstm", "gru"):
         raise ValueError(f"internal: unknown cell {cell!r}")
-    cdef bint after = cell == "gru" and mode == 1
-    cdef rf_index n_hh = 2 * H if after else G * H
     if not backward and ptr[F_HBUF] == NULL:
         raise ValueError("internal: a forward needs hbuf")
-    if not backward and ptr[F_B_HH] != NULL and after:
+    if not backward and ptr[F_B_HH] != NULL and cell == "gru" and mode == 1:
         c.b_hn = <char *>ptr[F_B_HH] + 2 * H * cnp.PyArray_ITEMSIZE(<cnp.ndarray>a["b_hh"])
+    return 0
+
+
+cdef loop_fn _loop(str cell, bint backward, bint f32) noexcept:
+    if cell == "rnn":
+        if backward:
+            return rf_rnn_backward_f32 if f32 else rf_rnn_backward_f64
+        return rf_rnn_forward_f32 if f32 else rf_rnn_forward_f64
+    if cell == "lstm":
+        if backward:
+            return rf_lstm_backward_f32 if f32 else rf_lstm_backward_f64
+        return rf_lstm_forward_f32 if f32 else rf_lstm_forward_f64
+    if backward:
+        return rf_gru_backward_f32 if f32 else rf_gru_backward_f64
+    return rf_gru_forward_f32 if f32 else rf_gru_forward_f64
+
+
+cdef void _execute(const rf_ctx *c, loop_fn fn, bint backward, bint f32, const void *b_ih,
+                   const void *b_hh) noexcept nogil:
+    """The time loop, and for a forward its set-up (biases, state buffers) and wind-up (final state)."""
+    cdef rf_index T = c.T, B = c.B, K = c.K, H = c.H, GH = c.G * c.H
+    cdef rf_index V = rf_lanes_f32() if f32 else rf_lanes_f64()
+    cdef rf_index Hp = (H + V - 1) // V * V
+    # GRU reset_after folds b_hh's r and z rows only (b_hn stays apart; b_hn is set exactly then)
+    cdef rf_index n_hh = 2 * H if c.b_hn != NULL else GH
+    if not backward:
+        if f32:
+            _set_up(<float *>c.bias, <const float *>b_ih, <const float *>b_hh, GH, n_hh, <float *>c.hbuf,
+                    <const float *>c.h0, <float *>c.cbuf, <const float *>c.c0, <float *>c.mbuf, B, K, H, Hp)
+        else:
+            _set_up(<double *>c.bias, <const double *>b_ih, <const double *>b_hh, GH, n_hh, <double *>c.hbuf,
+                    <const double *>c.h0, <double *>c.cbuf, <const double *>c.c0, <double *>c.mbuf, B, K, H, Hp)
+    fn(c)
+    if not backward:
+        if f32:
+            _wind_up(<const float *>c.hbuf + (T % 2) * B * K, <float *>c.h_n, <const float *>c.cbuf,
+                     <float *>c.c_n, B, K, H, Hp)
+        else:
+            _wind_up(<const double *>c.hbuf + (T % 2) * B * K, <double *>c.h_n, <const double *>c.cbuf,
+                     <double *>c.c_n, B, K, H, Hp)
+
+
+def run(str cell, bint backward, object dtype, a, rf_index T, rf_index B, rf_index I, rf_index H,
+        rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
+        int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
+        rf_index xw_steps=0, int split=0, rf_index xp_ld=0, rf_index hp_ld=0, rf_index mp_ld=0,
+        bint hp_shared=False, bint fuse_x=False, bint xw_helper=False, rf_index saves_keep=-1):
+    """Run one time loop. `a` maps operand names (_FIELDS: the rf_ctx pointer fields, b_ih / b_hh, h0 / c0 /
+    h_n / c_n) to arrays (or None), plus "packs"; every array must already have its documented shape
+    (rnnfast/ops.py guarantees it). Or `a` is a Bound call of a Prepared plan (an inference forward), whose
+    layout arguments must be the plan's; reverse, n_threads, split, xw_helper are this call's."""
+    cdef rf_ctx c
+    cdef void *ptr[NF]
+    cdef int typenum = cnp.NPY_FLOAT32 if cnp.dtype(dtype).itemsize == 4 else cnp.NPY_FLOAT64
+    cdef bint f32 = typenum == cnp.NPY_FLOAT32
+    cdef Bound bd
+    cdef const void *b_ih
+    cdef const void *b_hh
+    if type(a) is Bound:
+        bd = <Bound>a
+        if bd.done:
+            raise ValueError("internal: a Bound call runs once")
+        c = bd.c
+        if (backward or training or proj or hp_shared or cell != bd.cell or typenum != bd.typenum or T != c.T
+                or B != c.B or I != c.n_in or H != c.H or K != c.K or G != c.G or mode != c.mode or ub != c.ub
+                or ub2 != c.ub2 or uih != c.uih or (xw_steps or T) != c.xw_steps or fuse_x != c.fuse_x):
+            raise ValueError("internal: a Bound call's arguments differ from its plan's")
+        if split not in (0, 1, 2):
+            raise ValueError(f"internal: split {split} is not 0, 1 or 2")
+        if xw_helper and (fuse_x or B != 1 or n_threads != 2 or c.xw_steps < T or T >= 2**31):
+            raise ValueError("internal: xw_helper is for a forward of batch 1 on 2 threads, projected in one chunk")
+        c.reverse = reverse; c.n_threads = n_threads; c.split = split; c.xw_helper = xw_helper
+        c.saves_keep = saves_keep
+        b_ih = bd.b_ih; b_hh = bd.b_hh
+        bd.done = True
+    else:
+        if not isinstance(a, dict):
+            raise TypeError(f"internal: a must be a dict or a Bound call, got {type(a).__name__}")
+        _fill(&c, ptr, cell, backward, typenum, <dict>a, T, B, I, H, K, G, reverse, mode, training, proj,
+              n_threads, ub, ub2, uq, uq2, uih, uihq, uxp, uhp, ump, xw_steps, split, xp_ld, hp_ld, mp_ld,
+              hp_shared, fuse_x, xw_helper, saves_keep)
+        b_ih = ptr[F_B_IH]; b_hh = ptr[F_B_HH]
+    cdef loop_fn fn = _loop(cell, backward, f32)
     with nogil:
-        if not backward:
-            if f32:
-                _set_up(<float *>c.bias, <const float *>ptr[F_B_IH], <const float *>ptr[F_B_HH], G * H, n_hh,
-                        <float *>c.hbuf, <const float *>c.h0, <float *>c.cbuf, <const float *>c.c0,
-                        <float *>c.mbuf, B, K, H, Hp)
-            else:
-                _set_up(<double *>c.bias, <const double *>ptr[F_B_IH], <const double *>ptr[F_B_HH], G * H, n_hh,
-                        <double *>c.hbuf, <const double *>c.h0, <double *>c.cbuf, <const double *>c.c0,
-                        <double *>c.mbuf, B, K, H, Hp)
-        fn(&c)
-        if not backward:
-            if f32:
-                _wind_up(<const float *>c.hbuf + (T % 2) * B * K, <float *>c.h_n, <const float *>c.cbuf,
-                         <float *>c.c_n, B, K, H, Hp)
-            else:
-                _wind_up(<const double *>c.hbuf + (T % 2) * B * K, <double *>c.h_n, <const double *>c.cbuf,
-                         <double *>c.c_n, B, K, H, Hp)
+        _execute(&c, fn, backward, f32, b_ih, b_hh)
+
+
+cdef object _aligned_empty(int nd, cnp.npy_intp *dims, int typenum):
+    """A new C-contiguous array whose data start on a 64-byte boundary: a view of a 1-D array 64 bytes longer
+    (its base), as rnnfast.ops._new makes them."""
+    cdef cnp.npy_intp n = 1, item = 4 if typenum == cnp.NPY_FLOAT32 else 8
+    cdef int i
+    for i in range(nd):
+        n *= dims[i]
+    cdef cnp.npy_intp total = n + 64 // item
+    cdef cnp.ndarray raw = cnp.PyArray_EMPTY(1, &total, typenum, 0)
+    cdef size_t addr = <size_t>cnp.PyArray_DATA(raw)
+    cdef cnp.ndarray view = cnp.PyArray_SimpleNewFromData(nd, dims, typenum,
+                                                           <char *>cnp.PyArray_DATA(raw) + (64 - addr % 64) % 64)
+    cnp.set_array_base(view, raw)
+    return view
+
+
+cdef class Bound:
+    """One inference call of a Prepared plan: the plan's context with the call's arrays in it, for run()
+    (once); y, h_n, c_n are the call's new outputs."""
+    cdef rf_ctx c
+    cdef str cell
+    cdef int typenum
+    cdef bint done
+    cdef const void *b_ih
+    cdef const void *b_hh
+    cdef object plan     # the Prepared plan (its workspaces)
+    cdef tuple keep      # the call's arrays, alive while the context points into them
+    cdef readonly object y, h_n, c_n
+
+
+# The workspaces of an inference forward (rnnfast.ops, _make_plan): what a Prepared plan holds.
+_WORK_IDS = (F_WIH_PACK, F_XW, F_BIAS, F_W_PACK, F_W2_PACK, F_HBUF, F_CBUF, F_MBUF)
+
+
+cdef class Prepared:
+    """An inference forward's kernel context with its workspaces and panel layout filled in, for the calls of
+    one shape without lengths, projection or peepholes (rnnfast.ops keeps one with each kept plan): made from
+    a first call's operands (checked as run() checks them), it keeps the workspaces and forgets that call's
+    own arrays; bind() puts another call's arrays in a copy of it."""
+    cdef rf_ctx c
+    cdef int typenum
+    cdef str cell
+    cdef tuple work
+    cdef int role[RF_MAX_PACKS]       # the source each pack reads: 0 w_ih, 1 w_hh
+    cdef rf_index off[RF_MAX_PACKS]   # and the byte offset into it
+
+    def __cinit__(self, str cell, object dtype, dict a, tuple roles, rf_index T, rf_index B, rf_index I,
+                  rf_index H, int G, int mode, int ub, int ub2, int uih, rf_index xw_steps, bint fuse_x):
+        cdef void *ptr[NF]
+        cdef int i
+        self.typenum = cnp.NPY_FLOAT32 if cnp.dtype(dtype).itemsize == 4 else cnp.NPY_FLOAT64
+        if (a.get("lengths") is not None or a.get("peep") is not None or len(roles) != len(a["packs"])
+                or any(r not in ("w_ih", "w_hh") for r in roles)):
+            raise ValueError("internal: a Prepared plan is for a forward without lengths, projection or peepholes")
+        _fill(&self.c, ptr, cell, False, self.typenum, a, T, B, I, H, H, G, False, mode, False, False, 1, ub, ub2,
+              1, 1, uih, 1, 1, 1, 1, xw_steps, 0, 0, 0, 0, False, fuse_x, False, -1)
+        for i in range(self.c.n_packs):
+            src = a["packs"][i][0]
+            self.role[i] = 0 if roles[i] == "w_ih" else 1
+            self.off[i] = <const char *>self.c.packs[i].src - <const char *>cnp.PyArray_DATA(<cnp.ndarray>src)
+        self.cell = cell
+        self.work = tuple(a.get(_FIELDS[i]) for i in _WORK_IDS)
+        # nothing of the first call's own arrays stays behind
+        self.c.x = NULL; self.c.y = NULL; self.c.h0 = NULL; self.c.c0 = NULL; self.c.h_n = NULL
+        self.c.c_n = NULL; self.c.b_hn = NULL
+        for i in range(self.c.n_packs):
+            self.c.packs[i].src = NULL
+
+    def bind(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        """A Bound call of this plan on these arrays (of the plan's shapes and dtype, else ValueError), with
+        new outputs y, h_n (and c_n for LSTM)."""
+        cdef int tn = self.typenum, i
+        cdef rf_index T = self.c.T, B = self.c.B, I = self.c.n_in, H = self.c.H, GH = self.c.G * self.c.H
+        if not (_plain(x, tn, 3) and cnp.PyArray_DIM(<cnp.ndarray>x, 0) == T
+                and cnp.PyArray_DIM(<cnp.ndarray>x, 1) == B and cnp.PyArray_DIM(<cnp.ndarray>x, 2) == I
+                and _plain_shape(w_ih, tn, GH, I) and _plain_shape(w_hh, tn, GH, H)
+                and (b_ih is None or _plain_shape(b_ih, tn, GH, -1))
+                and (b_hh is None or _plain_shape(b_hh, tn, GH, -1))
+                and (h0 is None or _plain_shape(h0, tn, B, H))
+                and ((c0 is None or _plain_shape(c0, tn, B, H)) if self.cell == "lstm" else c0 is None)
+                and (b_ih is not None or b_hh is not None) == (self.c.bias != NULL)):
+            raise ValueError("internal: a Bound call's arrays differ from its plan's")
+        cdef Bound bd = Bound.__new__(Bound)
+        bd.c = self.c
+        bd.cell = self.cell
+        bd.typenum = tn
+        bd.plan = self
+        bd.keep = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        cdef cnp.npy_intp dims[3]
+        dims[0] = T; dims[1] = B; dims[2] = H
+        bd.y = _aligned_empty(3, dims, tn)
+        bd.h_n = cnp.PyArray_EMPTY(2, &dims[1], tn, 0)
+        bd.c_n = cnp.PyArray_EMPTY(2, &dims[1], tn, 0) if self.cell == "lstm" else None
+        bd.c.x = cnp.PyArray_DATA(<cnp.ndarray>x)
+        bd.c.y = cnp.PyArray_DATA(<cnp.ndarray>bd.y)
+        bd.c.h_n = cnp.PyArray_DATA(<cnp.ndarray>bd.h_n)
+        bd.c.c_n = cnp.PyArray_DATA(<cnp.ndarray>bd.c_n) if bd.c_n is not None else NULL
+        bd.c.h0 = cnp.PyArray_DATA(<cnp.ndarray>h0) if h0 is not None else NULL
+        bd.c.c0 = cnp.PyArray_DATA(<cnp.ndarray>c0) if c0 is not None else NULL
+        bd.b_ih = cnp.PyArray_DATA(<cnp.ndarray>b_ih) if b_ih is not None else NULL
+        bd.b_hh = cnp.PyArray_DATA(<cnp.ndarray>b_hh) if b_hh is not None else NULL
+        if self.cell == "gru" and self.c.mode == 1 and b_hh is not None:
+            bd.c.b_hn = <const char *>bd.b_hh + 2 * H * cnp.PyArray_ITEMSIZE(<cnp.ndarray>b_hh)
+        for i in range(self.c.n_packs):
+            bd.c.packs[i].src = <const char *>cnp.PyArray_DATA(<cnp.ndarray>(w_ih if self.role[i] == 0 else w_hh)) \
+                + self.off[i]
+        return bd

@@ -408,6 +408,91 @@ def test_python_lists_are_accepted(rng, case):
     assert_same_bits((tuple(out), tuple(grads)), expected, "lists")
 
 
+# ------------------------------------------------------------------------------------ kept plans
+
+# An inference call of the shapes of a kept plan, without lengths, projection or peepholes, runs the plan's
+# prepared kernel context with its own arrays put in (ops._kept_call, _kernels.Prepared.bind). Each such call
+# must read that call's arrays and nothing of an earlier one: x, h0 / c0 or none, the weights (new arrays and
+# the same arrays changed in place), which biases are given, and reverse change from call to call; every
+# call gives the bits of a call on a fresh plan (the general path), new outputs that share no memory with
+# the call's inputs or earlier outputs, and y on a 64-byte boundary.
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES)
+def test_kept_plan_calls_read_each_calls_arrays(rng, monkeypatch, case, dtype, B):
+    T, I, H = 5, 6, 40
+    cell, a, kw = make_problem(rng, case, T, B, I, H, H - 3, dtype=dtype)
+    plain = a.get("w_hr") is None and a.get("w_peep") is None
+    kinds = []
+    kernel_run = ops._kernels.run
+
+    def recording_run(*args, **kwargs):
+        kinds.append(type(args[3]).__name__)
+        return kernel_run(*args, **kwargs)
+
+    monkeypatch.setattr(ops._kernels, "run", recording_run)
+    monkeypatch.setattr(ops._scratch_tls, "plans", None, raising=False)
+    calls = []
+    for i in range(8):
+        b = dict(a)
+        if i % 2:
+            b["x"] = rng.standard_normal((T, B, I)).astype(dtype)
+        if i % 3 == 1:
+            b["h0"] = None
+            if cell == "lstm":
+                b["c0"] = None
+        if i == 3:
+            a["w_hh"] *= 0.5  # the same array, changed in place
+        if i == 5:
+            b["w_ih"] = (a["w_ih"] * -1.5).astype(dtype)
+        if i in (2, 6):
+            b["b_ih"] = None  # b_hh alone (the same plan: a plan tells only whether any bias is given)
+        if i == 4:
+            b["b_hh"] = None
+        calls.append((b, i in (4, 7)))
+    outputs = []
+    for b, reverse in calls:
+        del kinds[:]
+        monkeypatch.setattr(ops._scratch_tls, "plans", None, raising=False)
+        want, _ = forward(ops, cell, b, kw, reverse=reverse)  # a fresh plan: the general path
+        got, _ = forward(ops, cell, b, kw, reverse=reverse)  # its kept plan
+        assert kinds == ["dict", "Bound" if plain else "dict"], kinds
+        for name, g, w in zip(OUT_NAMES[cell], got, want):
+            assert g.dtype == w.dtype and np.array_equal(g, w), f"{name} differs from a fresh plan's"
+        assert got[0].ctypes.data % 64 == 0
+        inputs = [v for v in b.values() if v is not None]
+        for g in got:
+            assert not any(np.shares_memory(g, v) for v in inputs + outputs)
+        outputs += list(got)
+    del kinds[:]
+    forward(ops, cell, b, kw, lengths=np.full(B, T))  # lengths: the general path
+    assert kinds == ["dict"], kinds
+    if not plain:
+        return
+    # the kept plan's context checks what it is given
+    plan = next(iter(ops._scratch_tls.plans[1].values()))
+    prepared = plan[7].prepared
+    args = [b[n] for n in ("x", "h0")] + ([b["c0"]] if cell == "lstm" else [None]) + [b[n] for n in (
+        "w_ih", "w_hh", "b_ih", "b_hh")]
+    for i, wrong in ((0, b["x"][:, :, :-1]), (3, b["w_ih"].astype(np.float16)), (4, b["w_hh"].T),
+                     (5, np.zeros(1, dtype)), (1, np.zeros((B + 1, H), dtype))):
+        with pytest.raises(ValueError, match="internal"):
+            prepared.bind(*args[:i], wrong, *args[i + 1:])
+    with pytest.raises(ValueError, match="internal"):  # which biases: none where the plan has them
+        prepared.bind(*args[:5], None, None)
+    call = prepared.bind(*args)
+    G = ops._GATES[cell]
+    xw_steps, ub, ub2, uih, fuse_x = plan[:5]
+    run_args = (cell, False, np.dtype(dtype), call, T, B, I, H, H, G, False, kw.get("reset_after", True) * 1
+                if cell == "gru" else int(kw.get("nonlinearity") == "relu"), False, False, 1)
+    layout = dict(ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps, fuse_x=fuse_x)
+    with pytest.raises(ValueError, match="internal"):  # another layout than the plan's
+        kernel_run(*run_args, **dict(layout, ub=ub + 1))
+    kernel_run(*run_args, **layout)
+    with pytest.raises(ValueError, match="internal"):  # a call runs once
+        kernel_run(*run_args, **layout)
+
+
 # ------------------------------------------------------------------------------------ aliasing, repetition
 
 @pytest.mark.parametrize("lengths", ["full", "some0", "all0", "T0"])
