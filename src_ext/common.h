@@ -550,15 +550,15 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
  * every row tile of the thread uses it), m groups from g_cur at a time (rf_step_groups). The groups go up
  * on even steps s and down on odd ones (rv_): each step starts on the panels the one before ended on, still
  * in L2 (or with a single row, in L1), where the same order every step finds the ones it needs first
- * evicted when the thread's panels outgrow the cache. A single row that one thread runs alone (the batch
- * split: all groups) walks its groups in the chunks of up to RF_ROW1_MAXG that the walk up makes, last chunk
- * first (rf_walk_g, rf_walk_m), and its k blocks in reverse too (step_gemm): measured 2026-11-24 (float32,
- * batch 1, T = 100, I = H, one thread, in-process ABBA, same bits) RNN H = 128 -18%, LSTM H = 64 -17%, GRU
- * H = 128 -7%, H = 64 -4 to -6%. A single row of the hidden split keeps the walk up: its own k block goes
- * first anyway (row1_begin), and LSTM H = 256 on 2 threads (two chunks a thread) was 2% slower walking down.
- * The order changes no bit (each group's sums are its own). */
+ * evicted when the thread's panels outgrow the cache. A single row walks its groups in the chunks of up to
+ * RF_ROW1_MAXG that the walk up makes, last chunk first (rf_walk_g, rf_walk_m), and its k blocks in reverse
+ * too (step_gemm): measured 2026-11-24 (float32, batch 1, T = 100, I = H, one thread, in-process ABBA, same
+ * bits) RNN H = 128 -18%, LSTM H = 64 -17%, GRU H = 128 -7%, H = 64 -4 to -6%. Except a step whose single row
+ * sums its own k block first (row1_begin, sp->walk_up): its walk stays up, since the block it starts on is
+ * not the one the step before ended on (LSTM H = 256 on 2 threads, two chunks a thread, was 2% slower
+ * walking down). The order changes no bit (each group's sums are its own). */
 #define RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr)                                           \
-    for (rf_index rv_ = ((s) & 1) && ((sp)->batch || (sp)->r_hi - (sp)->r_lo > 1), cs_ = (sp)->r_hi - (sp)->r_lo == 1 ? RF_ROW1_MAXG : 1, gk_ = 0,         \
+    for (rf_index rv_ = ((s) & 1) && !(sp)->walk_up, cs_ = (sp)->r_hi - (sp)->r_lo == 1 ? RF_ROW1_MAXG : 1, gk_ = 0,         \
                   g_cur = rf_walk_g(rv_, cs_, g_lo, g_hi, 0), m = rf_walk_m(rv_, cs_, g_lo, g_hi, 0);   \
          gk_ < (g_hi) - (g_lo);                                                                           \
          gk_ += m, g_cur = rf_walk_g(rv_, cs_, g_lo, g_hi, gk_), m = rf_walk_m(rv_, cs_, g_lo, g_hi, gk_)) \
@@ -977,6 +977,12 @@ static RF_INLINE rf_index SFX(row1_k1)(const rf_ctx *c, rf_index K, int ub) {
  * block is one thread's own units, which it wrote itself: the thread sums its own block for all its
  * groups into part before it waits for the other thread, and the other block after (step_gemm with
  * `done`), so that the wait and the transfer of the other half of the state hide behind half of the GEMM.
+ * Not when the thread's panels are beyond what its L2 keeps (H >= 512 for LSTM and GRU, 1024 for RNN):
+ * their step is long beside the wait, and its walk down (RF_STEP_TILES) starts on the panels the step
+ * before left in L2, which the own block first never does. Measured 2026-11-24 (float32, batch 1, T = 100,
+ * I = H, 2 threads, in-process ABBA, same bits): H = 1024 LSTM -2.4%, GRU -10%, RNN -15.5%; H = 512 LSTM
+ * -2.1%, GRU -17%. The backward's single row (no own block first) walks down too: H = 1024 LSTM -2.3%, GRU
+ * -6.5%, H = 512 LSTM -1.4%, H = 256 LSTM and RNN -1.2%.
  * Returns `done` for step_gemm (0: nothing summed yet). */
 #define RF_OVL_MAXV 128 /* the vectors of part: a thread's groups x NV (LSTM H = 1024: 32 x 4) */
 static RF_INLINE int SFX(row1_begin)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s, const REAL *a,
@@ -984,12 +990,13 @@ static RF_INLINE int SFX(row1_begin)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q,
                                      rf_index g_hi, REAL *part) {
     int done = 0;
     if (K1 > 0 && sp->nt == 2 && !sp->batch && sp->has_pend && (g_hi - g_lo) * NV <= RF_OVL_MAXV &&
-        SFX(any_active)(c, s, 0, 1)) {
+        (g_hi - g_lo) * K * NV * V * (rf_index)sizeof(REAL) <= RF_L2_KEEPS_BYTES && SFX(any_active)(c, s, 0, 1)) {
         const rf_index gsize = K * NV * V, lo = sp->tid ? K1 : 0, hi = sp->tid ? K : K1;
         for (rf_index g = g_lo, m = rf_step_groups(sp, g, g_hi); g < g_hi; g += m, m = rf_step_groups(sp, g, g_hi))
             SFX(gemm_row1)((int)m, NV, a, lo, hi, panel + g * gsize, gsize, part + (g - g_lo) * NV * V);
         done = sp->tid ? 2 : 1;
     }
+    sp->walk_up = done != 0;
     SFX(step_finish)(c, sp, q);
     return done;
 }

@@ -95,6 +95,8 @@ typedef struct {
     unsigned pend;  /* the count of a barrier this thread has arrived at and not yet finished (has_pend) */
     int has_pend;
     int helped;     /* a single thread whose projection another thread makes (xw_helper) */
+    int walk_up;    /* this step's single row sums its own k block first (common.h, row1_begin): its
+                     * groups go up whatever the step (RF_STEP_TILES) */
 } rf_split;
 
 /* The rule: batch rows when every thread gets >= 16 of them. Measured 2026-11-22 (2 threads, float32,
@@ -111,6 +113,7 @@ static RF_INLINE void rf_split_init(rf_split *sp, const rf_ctx *c, int tid, int 
     sp->pend = 0;
     sp->has_pend = 0;
     sp->helped = 0;
+    sp->walk_up = 0;
     sp->barrier = barrier;
     if (nt == 1 || c->split == 1) sp->batch = 1;
     else if (c->split == 2) sp->batch = 0;
