@@ -774,7 +774,12 @@ static RF_INLINE void SFX(pack_spec)(const rf_pack_spec *p, rf_index g_lo, rf_in
 }
 
 /* Prologue of every call: the panels, each thread packing its share of every operand's groups (but the
- * operand packed into `skip`, if any). */
+ * operand packed into `skip`, if any). The batch split then waits for all of them (each thread reads every
+ * group). The hidden split does not: its share of a panel's groups is the one its step phases and its
+ * projection read (rf_groups, project_chunk, the shadow), and what it packs for others (the weight-gradient
+ * operands, backward's panels, x's copy) is read only after a barrier of the time loop or after the call.
+ * Measured 2026-11-24 (float32, batch 1, T = 100, I = H, 2 threads, in-process ABBA, same bits): LSTM
+ * H = 256 -2.4%, H = 128 -0.9%, GRU H = 128 and RNN H = 128 within +-0.5%. */
 static RF_INLINE void SFX(pack_panels_but)(const rf_ctx *c, rf_split *sp, const void *skip) {
     if (c->x_copy) { /* a training forward's private copy of x, each thread a share of the rows */
         rf_index lo, hi;
@@ -790,7 +795,7 @@ static RF_INLINE void SFX(pack_panels_but)(const rf_ctx *c, rf_split *sp, const 
         rf_share(sp, RF_NGRP(p->N, p->ub), &g_lo, &g_hi);
         SFX(pack_spec)(p, g_lo, g_hi);
     }
-    rf_sync_all(sp);
+    if (sp->batch) rf_sync_all(sp);
 }
 static RF_INLINE void SFX(pack_panels)(const rf_ctx *c, rf_split *sp) { SFX(pack_panels_but)(c, sp, NULL); }
 
