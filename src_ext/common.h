@@ -558,9 +558,10 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
  * not the one the step before ended on (LSTM H = 256 on 2 threads, two chunks a thread, was 2% slower
  * walking down). The order changes no bit (each group's sums are its own). */
 #define RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr)                                           \
-    for (rf_index rv_ = ((s) & 1) && !(sp)->walk_up, cs_ = (sp)->r_hi - (sp)->r_lo == 1 ? RF_ROW1_MAXG : 1, gk_ = 0,         \
-                  g_cur = rf_walk_g(rv_, cs_, g_lo, g_hi, 0), m = rf_walk_m(rv_, cs_, g_lo, g_hi, 0);   \
-         gk_ < (g_hi) - (g_lo);                                                                           \
+    for (rf_index rv_ = ((s) & 1) && !(sp)->walk_up,                                                     \
+                  cs_ = (sp)->r_hi - (sp)->r_lo == 1 ? RF_ROW1_MAXG : 1, gk_ = 0,                        \
+                  g_cur = rf_walk_g(rv_, cs_, g_lo, g_hi, 0), m = rf_walk_m(rv_, cs_, g_lo, g_hi, 0);    \
+         gk_ < (g_hi) - (g_lo);                                                                          \
          gk_ += m, g_cur = rf_walk_g(rv_, cs_, g_lo, g_hi, gk_), m = rf_walk_m(rv_, cs_, g_lo, g_hi, gk_)) \
         RF_TILE_ROWS((sp)->r_lo, (sp)->r_hi, NV, r0, nr)
 
