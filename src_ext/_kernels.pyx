@@ -339,6 +339,19 @@ cdef void _wind_up(const real *hlast, real *h_n, const real *cbuf, real *c_n, rf
             memcpy(c_n + b * H, cbuf + b * Hp, H * sizeof(real))
 
 
+cdef int _set_call(rf_ctx *c, bint backward, bint reverse, int n_threads, int split, bint xw_helper,
+                   rf_index saves_keep) except -1:
+    """What one call sets besides its shapes, layout and operands (c's sizes, fuse_x and xw_steps set),
+    checked."""
+    if split not in (0, 1, 2):
+        raise ValueError(f"internal: split {split} is not 0, 1 or 2")
+    if xw_helper and (backward or c.fuse_x or c.B != 1 or n_threads != 2 or c.xw_steps < c.T or c.T >= 2**31):
+        raise ValueError("internal: xw_helper is for a forward of batch 1 on 2 threads, projected in one chunk")
+    c.reverse = reverse; c.n_threads = n_threads; c.split = split; c.xw_helper = xw_helper
+    c.saves_keep = saves_keep  # < 0: every save stored as usual
+    return 0
+
+
 cdef int _fill(rf_ctx *c, void **ptr, str cell, bint backward, int typenum, dict a, rf_index T, rf_index B,
                rf_index I, rf_index H, rf_index K, int G, bint reverse, int mode, bint training, bint proj,
                int n_threads, int ub, int ub2, int uq, int uq2, int uih, int uihq, int uxp, int uhp, int ump,
@@ -349,7 +362,7 @@ cdef int _fill(rf_ctx *c, void **ptr, str cell, bint backward, int typenum, dict
     cdef rf_index V = rf_lanes_f32() if typenum == cnp.NPY_FLOAT32 else rf_lanes_f64()
     cdef int i
     c.T = T; c.B = B; c.n_in = I; c.H = H; c.K = K; c.G = G
-    c.reverse = reverse; c.mode = mode; c.training = training; c.proj = proj; c.n_threads = n_threads
+    c.mode = mode; c.training = training; c.proj = proj
     c.ub = ub; c.ub2 = ub2; c.uq = uq; c.uq2 = uq2; c.uih = uih; c.uihq = uihq
     c.uxp = uxp; c.uhp = uhp; c.ump = ump
     c.xp_ld = xp_ld; c.hp_ld = hp_ld; c.mp_ld = mp_ld
@@ -358,19 +371,13 @@ cdef int _fill(rf_ctx *c, void **ptr, str cell, bint backward, int typenum, dict
     if xw_steps < 1 or xw_steps > max(T, 1):
         raise ValueError(f"internal: xw_steps {xw_steps} outside 1..{T}")
     c.xw_steps = xw_steps
-    if split not in (0, 1, 2):
-        raise ValueError(f"internal: split {split} is not 0, 1 or 2")
-    c.split = split
     if hp_shared and (cell != "rnn" or backward or not training or a.get("lengths") is not None):
         raise ValueError("internal: hp_shared is for an RNN training forward without lengths")
     c.hp_shared = hp_shared
     if fuse_x and (backward or (cell == "gru" and mode != 1) or uih != ub or B < 2):
         raise ValueError("internal: fuse_x is for a forward of LSTM, RNN or GRU reset_after, B >= 2, uih == ub")
     c.fuse_x = fuse_x
-    if xw_helper and (backward or fuse_x or B != 1 or n_threads != 2 or xw_steps < T or T >= 2**31):
-        raise ValueError("internal: xw_helper is for a forward of batch 1 on 2 threads, projected in one chunk")
-    c.xw_helper = xw_helper
-    c.saves_keep = saves_keep  # < 0: every save stored as usual
+    _set_call(c, backward, reverse, n_threads, split, xw_helper, saves_keep)
     # every array the loops index must hold at least the elements they touch (sizes are 64-bit)
     _needs(need, T, B, I, H, K, G, V, xw_steps)
     if backward and cell == "gru" and mode == 1:
@@ -495,12 +502,7 @@ def run(str cell, bint backward, object dtype, a, rf_index T, rf_index B, rf_ind
                 or B != c.B or I != c.n_in or H != c.H or K != c.K or G != c.G or mode != c.mode or ub != c.ub
                 or ub2 != c.ub2 or uih != c.uih or (xw_steps or T) != c.xw_steps or fuse_x != c.fuse_x):
             raise ValueError("internal: a Bound call's arguments differ from its plan's")
-        if split not in (0, 1, 2):
-            raise ValueError(f"internal: split {split} is not 0, 1 or 2")
-        if xw_helper and (fuse_x or B != 1 or n_threads != 2 or c.xw_steps < T or T >= 2**31):
-            raise ValueError("internal: xw_helper is for a forward of batch 1 on 2 threads, projected in one chunk")
-        c.reverse = reverse; c.n_threads = n_threads; c.split = split; c.xw_helper = xw_helper
-        c.saves_keep = saves_keep
+        _set_call(&c, False, reverse, n_threads, split, xw_helper, saves_keep)
         b_ih = bd.b_ih; b_hh = bd.b_hh
         bd.done = True
     else:

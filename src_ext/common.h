@@ -547,7 +547,7 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
 #define RF_STEP_ROW1(g_lo, g_hi, K1, done, part) (g_lo), (g_hi), rt_i_, rt_c_, (int)rv_, (K1), (done), (part)
 
 /* The tiles of a step phase: groups g_lo..g_hi outer, row tiles inner (a group's panel stays in L2 while
- * every row tile of the thread uses it), m groups from g_cur at a time (rf_step_groups). The groups go up
+ * every row tile of the thread uses it), m groups from g_cur at a time (rf_walk_m). The groups go up
  * on even steps s and down on odd ones (rv_): each step starts on the panels the one before ended on, still
  * in L2 (or with a single row, in L1), where the same order every step finds the ones it needs first
  * evicted when the thread's panels outgrow the cache. A single row walks its groups in the chunks of up to
@@ -998,7 +998,8 @@ static RF_INLINE int SFX(row1_begin)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q,
     if (K1 > 0 && sp->nt == 2 && !sp->batch && sp->has_pend && (g_hi - g_lo) * NV <= RF_OVL_MAXV &&
         (g_hi - g_lo) * K * NV * V * (rf_index)sizeof(REAL) <= RF_L2_KEEPS_BYTES && SFX(any_active)(c, s, 0, 1)) {
         const rf_index gsize = K * NV * V, lo = sp->tid ? K1 : 0, hi = sp->tid ? K : K1;
-        for (rf_index g = g_lo, m = rf_step_groups(sp, g, g_hi); g < g_hi; g += m, m = rf_step_groups(sp, g, g_hi))
+        for (rf_index g = g_lo, m = rf_walk_m(0, RF_ROW1_MAXG, g_lo, g_hi, 0); g < g_hi;
+             g += m, m = rf_walk_m(0, RF_ROW1_MAXG, g_lo, g_hi, g - g_lo))
             SFX(gemm_row1)((int)m, NV, a, lo, hi, panel + g * gsize, gsize, part + (g - g_lo) * NV * V);
         done = sp->tid ? 2 : 1;
     }

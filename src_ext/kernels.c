@@ -161,13 +161,9 @@ static RF_INLINE void rf_groups(const rf_split *sp, rf_index ngrp, rf_index *lo,
     }
 }
 
-/* Panel groups a step phase takes in one GEMM call from g on: one, or for a thread whose step has a
- * single row (batch 1) up to RF_ROW1_MAXG (gemm_row1). */
+/* A thread whose step has a single row (batch 1) takes up to RF_ROW1_MAXG panel groups in one GEMM call
+ * (gemm_row1), a multi-row step one. */
 #define RF_ROW1_MAXG 4
-static RF_INLINE rf_index rf_step_groups(const rf_split *sp, rf_index g, rf_index g_hi) {
-    if (sp->r_hi - sp->r_lo != 1) return 1;
-    return g_hi - g < RF_ROW1_MAXG ? g_hi - g : RF_ROW1_MAXG;
-}
 
 /* A step phase's walk over its groups (common.h, RF_STEP_TILES), `done` groups in: the first group and the
  * count of the next chunk, up (rv = 0) or down; chunks of cs groups from g_lo either way. */
