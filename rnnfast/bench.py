@@ -55,9 +55,20 @@ PEAK_REPS = {"full": 5, "quick": 3}
 # library right after another puts it next to the other's spinning threads, measured here to slow an OpenMP
 # team 2-5x. 0.15 s lets them all go to sleep first.
 COOLDOWN_S = 0.15
-# Calls cheaper than this get one untimed call after the pause (it wakes the implementation's own threads);
-# the timed calls that follow are back-to-back, as in a training or inference loop.
+# Calls cheaper than this get SETTLE_S seconds of untimed calls after the pause (at least one): the first wakes
+# the implementation's own threads, the rest bring the call to the speed it keeps in a loop, so that the
+# timed calls that follow, back-to-back, measure that loop. After a pause a call stays slower for a while,
+# by how much and how long depending on the implementation: measured 2026-11-25 (this machine, fast state,
+# float32, T = 100, B = 1, I = H = 128, medians over 6 pauses of 0.15 s) rnnfast's GRU 0.142 ms the 2nd call
+# after the pause, 0.130 the 3rd-5th, 0.116 the 11th-20th, 0.105 from the 50th (~6 ms) on; its LSTM 0.157,
+# 0.150, 0.143, 0.134; ONNX Runtime's GRU 0.247, 0.248, 0.232, 0.229 and LSTM 0.236, 0.230, 0.214, 0.212;
+# torch's LSTM 0.376, 0.323, 0.309, 0.306. One untimed call then left most of a turn's 20 timed calls on the
+# way (rnnfast's most: two threads at batch 1 run up to speed over ~50 calls; on one thread, none after the
+# first). SETTLE_S calls get every one of them there.
 SETTLE_CALL_MAX_S = 0.1
+SETTLE_S = 0.02
+# A bound on the settling calls, for a clock that does not move (a call faster than its resolution).
+SETTLE_MAX_CALLS = 100000
 # Share of all CPUs' time used by other processes, sampled just before the run, above which the header warns.
 BUSY_SHARE = 0.2
 
@@ -433,7 +444,7 @@ class Progress:
 
 
 def time_interleaved(calls, budget_s, max_repeats, rounds, cooldown_s=COOLDOWN_S, repeats=None,
-                     status=lambda text, force=False: None):
+                     status=lambda text, force=False: None, settle_s=SETTLE_S):
     """Time each callable of `calls` ({name: fn}); return {name: [seconds of one call, ...]}.
 
     One timed warm-up call per implementation estimates its cost; each then gets
@@ -441,8 +452,8 @@ def time_interleaved(calls, budget_s, max_repeats, rounds, cooldown_s=COOLDOWN_S
     (the numpy reference on big training) is bounded by time while fast ones get many samples.
     The timed calls are spread over `rounds` interleaved rounds: round k visits every implementation once,
     starting at a rotated position, so drift of a shared machine hits all alike. A visit is a pause of
-    `cooldown_s` (other libraries' spinning threads go to sleep), one untimed call if the call is cheap, then
-    that implementation's share of timed calls back to back.
+    `cooldown_s` (other libraries' spinning threads go to sleep), untimed calls for `settle_s` (at least one)
+    if the call is cheap (SETTLE_CALL_MAX_S), then that implementation's share of timed calls back to back.
     """
     names = list(calls)
     cost, wanted = {}, {}
@@ -467,7 +478,11 @@ def time_interleaved(calls, budget_s, max_repeats, rounds, cooldown_s=COOLDOWN_S
                 status(f"{name} round {k + 1}/{n_rounds}")
                 time.sleep(cooldown_s)
                 if cost[name] < SETTLE_CALL_MAX_S:
-                    calls[name]()
+                    settled = time.perf_counter() + settle_s
+                    for _ in range(SETTLE_MAX_CALLS):
+                        calls[name]()
+                        if time.perf_counter() >= settled:
+                            break
                 for _ in range(todo):
                     start = time.perf_counter()
                     calls[name]()
@@ -568,8 +583,9 @@ def format_header(header):
     lines.append(f"peak       {gemm['name']} {gemm['gflops']:.1f} GFLOP/s (numpy matmul n={gemm['n']}, "
                  f"best of {gemm['reps']})")
     timing = header["timing"]
-    lines.append(f"timing     {timing['rounds']} interleaved rounds, {timing['cooldown_s']} s pause before each "
-                 f"turn, up to {timing['max_repeats']} calls or {timing['budget_s']} s per implementation and row"
+    lines.append(f"timing     {timing['rounds']} interleaved rounds, {timing['cooldown_s']} s pause and "
+                 f"{timing['settle_s']} s of untimed calls before each turn, up to {timing['max_repeats']} "
+                 f"calls or {timing['budget_s']} s per implementation and row"
                  + (f", exactly {timing['repeats']} calls" if timing["repeats"] else ""))
     lines.append("columns    median of the timed calls; GFLOP/s with forward 2*T*B*(I+H)*G*H, training 3x; "
                  f"peak % of the {gemm['name']} peak; spread = (p75-p25)/median; "
@@ -673,6 +689,9 @@ def parse_args(argv=None):
                         help="interleaved rounds the timed calls are spread over (default: 5; --quick: 2)")
     parser.add_argument("--cooldown", type=float, default=COOLDOWN_S,
                         help=f"seconds of pause before each implementation's turn (default: {COOLDOWN_S})")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help="seconds of untimed calls after the pause, for calls under "
+                             f"{SETTLE_CALL_MAX_S} s; at least one (default: {SETTLE_S})")
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n GEMM peak measurement")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and weights")
     parser.add_argument("--json", metavar="PATH", help="write {'header': ..., 'rows': [...]} to PATH")
@@ -684,8 +703,9 @@ def parse_args(argv=None):
     for option in ("repeats", "rounds", "max_repeats"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1")
-    if args.cooldown < 0:
-        parser.error("--cooldown must be >= 0")
+    for option in ("cooldown", "settle"):
+        if getattr(args, option) < 0:
+            parser.error(f"--{option} must be >= 0")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -731,7 +751,7 @@ def run(args, out=None):
     header.update(dtype=args.dtype, gemm={"name": gemm_name, "n": args.peak_size, "reps": args.peak_reps,
                                           "gflops": peak},
                   timing={"budget_s": args.budget, "max_repeats": args.max_repeats, "repeats": args.repeats,
-                          "rounds": args.rounds, "cooldown_s": args.cooldown})
+                          "rounds": args.rounds, "cooldown_s": args.cooldown, "settle_s": args.settle})
     print(format_header(header), file=out)
     print("", file=out)
     rows = []
@@ -756,7 +776,8 @@ def run(args, out=None):
                 label = f"[{job_index}/{len(jobs)}] {cell} {config} {mode}"
                 samples = time_interleaved(
                     calls, args.budget, args.max_repeats, args.rounds, args.cooldown, args.repeats,
-                    status=lambda text, force=False: progress.update(f"{label} {text}", force))
+                    status=lambda text, force=False: progress.update(f"{label} {text}", force),
+                    settle_s=args.settle)
                 new_rows = make_rows(cell, config, shape, mode, args.dtype, samples, diffs, peak)
                 progress.clear()
                 for row in new_rows:

@@ -43,7 +43,7 @@ def test_standard_configs_are_the_contract():
 
 REQUIRED_ROW_KEYS = {"impl": str, "cell": str, "config": str, "mode": str, "dtype": str,
                      "ms": float, "gflops": float, "peak_share": float}
-TINY = "--shape 3,2,4,5 --repeats 2 --rounds 2 --cooldown 0 --peak-size 64 --quiet".split()
+TINY = "--shape 3,2,4,5 --repeats 2 --rounds 2 --cooldown 0 --settle 0 --peak-size 64 --quiet".split()
 
 
 def _run(tmp_path, *extra):
@@ -112,6 +112,15 @@ def test_missing_peer_is_reported(tmp_path, capsys, monkeypatch, peer):
     assert f"missing    {peer}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("option, value", [("--cooldown", "-0.1"), ("--settle", "-1"), ("--repeats", "0"),
+                                           ("--rounds", "0"), ("--threads", "0")])
+def test_out_of_range_options_are_refused_by_name(option, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args([option, value])
+    assert info.value.code == 2
+    assert option in capsys.readouterr().err
+
+
 def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit) as info:
@@ -123,10 +132,31 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, capsys):
 def test_interleaving_schedule():
     log = []
     calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
-    samples = bench.time_interleaved(calls, budget_s=1.0, max_repeats=10, rounds=2, cooldown_s=0.0, repeats=4)
+    samples = bench.time_interleaved(calls, budget_s=1.0, max_repeats=10, rounds=2, cooldown_s=0.0, repeats=4,
+                                     settle_s=0.0)
     assert {name: len(times) for name, times in samples.items()} == {"a": 4, "b": 4, "c": 4}
     # warm-ups; then per round each implementation once (rotated start): 1 settle call + its 2 timed calls
     assert "".join(log) == "abc" + "aaa" "bbb" "ccc" + "bbb" "ccc" "aaa"
+
+
+def test_turns_settle_for_settle_s_before_timing(monkeypatch):
+    clock = {"now": 0.0}
+    log = []
+
+    def call(name, seconds):
+        log.append((name, clock["now"]))
+        clock["now"] += seconds
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    calls = {"fast": lambda: call("fast", 0.001), "slow": lambda: call("slow", 0.5)}
+    samples = bench.time_interleaved(calls, budget_s=1.0, max_repeats=3, rounds=1, cooldown_s=0.0,
+                                     settle_s=0.0045)
+    assert samples["fast"] == pytest.approx([0.001] * 3)
+    names = [name for name, _ in log]
+    # warm-ups; then "fast": settle calls until 4.5 ms have passed (5 of 1 ms), its 3 timed calls; "slow"
+    # (costlier than SETTLE_CALL_MAX_S) no settle call, its 2 timed calls (1 s budget / 0.5 s)
+    assert names == ["fast", "slow"] + ["fast"] * (5 + 3) + ["slow"] * 2
 
 
 def test_slow_implementation_is_bounded_by_the_budget(monkeypatch):
