@@ -983,20 +983,30 @@ static RF_INLINE rf_index SFX(row1_k1)(const rf_ctx *c, rf_index K, int ub) {
  * block is one thread's own units, which it wrote itself: the thread sums its own block for all its
  * groups into part before it waits for the other thread, and the other block after (step_gemm with
  * `done`), so that the wait and the transfer of the other half of the state hide behind half of the GEMM.
- * Not when the thread's panels are beyond what its L2 keeps (H >= 512 for LSTM and GRU, 1024 for RNN):
- * their step is long beside the wait, and its walk down (RF_STEP_TILES) starts on the panels the step
- * before left in L2, which the own block first never does. Measured 2026-11-24 (float32, batch 1, T = 100,
- * I = H, 2 threads, in-process ABBA, same bits): H = 1024 LSTM -2.4%, GRU -10%, RNN -15.5%; H = 512 LSTM
- * -2.1%, GRU -17%. The backward's single row (no own block first) walks down too: H = 1024 LSTM -2.3%, GRU
- * -6.5%, H = 512 LSTM -1.4%, H = 256 LSTM and RNN -1.2%.
+ * Only when the thread's panels fit in its L1 (RF_L1_KEEPS_BYTES): then every step finds all of them
+ * there whatever the order. Beyond it the thread waits for the whole state first, and its walk down on odd
+ * steps (RF_STEP_TILES) starts on the panels the step before ended on, still in L1 or L2, which the own
+ * block first never does; the shadow's projection tiles fill the wait. Measured (float32, batch 1, T = 100,
+ * I = H, 2 threads, in-process ABBA, same bits), against the own block first:
+ * - 2026-11-24, panels beyond L2: H = 1024 LSTM -2.4%, GRU -10%, RNN -15.5%; H = 512 LSTM -2.1%, GRU -17%;
+ * - 2026-11-25, panels beyond L1 (KiB a thread in brackets), the fast state: GRU H = 96 (54) -7%,
+ *   H = 128 (96) -1.9% to -6.2% (six runs), H = 160 -3%, H = 256 (384) -0.7% to -3.6%; LSTM H = 96 (72)
+ *   -5.7%, H = 128 (128) -0.3% to -1.3% (+2.7% and +2.9% in the slow state, where the own block first
+ *   hides more of a longer hand-off), H = 256 (512) +0.5%; RNN H = 192 (72) -0.2%, H = 256 (128) +0.2%
+ *   and +1%;
+ * - within L1, where the own block first stays: GRU H = 64 (24) +1.9%, RNN H = 64 +0.9%, H = 128 (32)
+ *   +0.2%, LSTM H = 64 (32) -0.6%.
+ * The backward's single row (no own block first) walks down too: H = 1024 LSTM -2.3%, GRU -6.5%, H = 512
+ * LSTM -1.4%, H = 256 LSTM and RNN -1.2%.
  * Returns `done` for step_gemm (0: nothing summed yet). */
+#define RF_L1_KEEPS_BYTES (48 << 10)
 #define RF_OVL_MAXV 128 /* the vectors of part: a thread's groups x NV (LSTM H = 1024: 32 x 4) */
 static RF_INLINE int SFX(row1_begin)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s, const REAL *a,
                                      rf_index K, rf_index K1, const REAL *panel, int NV, rf_index g_lo,
                                      rf_index g_hi, REAL *part) {
     int done = 0;
     if (K1 > 0 && sp->nt == 2 && !sp->batch && sp->has_pend && (g_hi - g_lo) * NV <= RF_OVL_MAXV &&
-        (g_hi - g_lo) * K * NV * V * (rf_index)sizeof(REAL) <= RF_L2_KEEPS_BYTES && SFX(any_active)(c, s, 0, 1)) {
+        (g_hi - g_lo) * K * NV * V * (rf_index)sizeof(REAL) <= RF_L1_KEEPS_BYTES && SFX(any_active)(c, s, 0, 1)) {
         const rf_index gsize = K * NV * V, lo = sp->tid ? K1 : 0, hi = sp->tid ? K : K1;
         for (rf_index g = g_lo, m = rf_walk_m(0, RF_ROW1_MAXG, g_lo, g_hi, 0); g < g_hi;
              g += m, m = rf_walk_m(0, RF_ROW1_MAXG, g_lo, g_hi, g - g_lo))
