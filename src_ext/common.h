@@ -1000,7 +1000,7 @@ static RF_INLINE rf_index SFX(row1_k1)(const rf_ctx *c, rf_index K, int ub) {
  * LSTM -1.4%, H = 256 LSTM and RNN -1.2%.
  * Returns `done` for step_gemm (0: nothing summed yet). */
 #define RF_L1_KEEPS_BYTES (48 << 10)
-#define RF_OVL_MAXV 128 /* the vectors of part: a thread's groups x NV (LSTM H = 1024: 32 x 4) */
+#define RF_OVL_MAXV 128 /* the vectors of part: a thread's groups x NV, whose panels fit in L1 */
 static RF_INLINE int SFX(row1_begin)(const rf_ctx *c, rf_split *sp, SFX(xwq) *q, rf_index s, const REAL *a,
                                      rf_index K, rf_index K1, const REAL *panel, int NV, rf_index g_lo,
                                      rf_index g_hi, REAL *part) {
