@@ -181,9 +181,7 @@ def _aligned(raw, n):
 
 def _new(shape, dtype, fill=None):
     """A new array (an output, or kept by the caller) that starts on an _ALIGN boundary."""
-    dtype = np.dtype(dtype)
-    n = math.prod(shape)
-    a = _aligned(np.empty(n + _ALIGN // dtype.itemsize, dtype), n).reshape(shape)
+    a = _kernels.aligned_empty(tuple(shape), dtype)
     if fill is not None:
         a.fill(fill)
     return a

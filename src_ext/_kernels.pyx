@@ -519,7 +519,8 @@ def run(str cell, bint backward, object dtype, a, rf_index T, rf_index B, rf_ind
 
 cdef object _aligned_empty(int nd, cnp.npy_intp *dims, int typenum):
     """A new C-contiguous array whose data start on a 64-byte boundary: a view of a 1-D array 64 bytes longer
-    (its base), as rnnfast.ops._new makes them."""
+    (its base). Every new output array is made here: rnnfast.ops._new through aligned_empty, a Bound call's
+    directly."""
     cdef cnp.npy_intp n = 1, item = 4 if typenum == cnp.NPY_FLOAT32 else 8
     cdef int i
     for i in range(nd):
@@ -531,6 +532,18 @@ cdef object _aligned_empty(int nd, cnp.npy_intp *dims, int typenum):
                                                            <char *>cnp.PyArray_DATA(raw) + (64 - addr % 64) % 64)
     cnp.set_array_base(view, raw)
     return view
+
+
+def aligned_empty(tuple shape, object dtype):
+    """A new C-contiguous float32 or float64 array of `shape` whose data start on a 64-byte boundary."""
+    cdef int typenum = cnp.NPY_FLOAT32 if cnp.dtype(dtype).itemsize == 4 else cnp.NPY_FLOAT64
+    cdef cnp.npy_intp dims[8]
+    cdef int i, nd = len(shape)
+    if nd > 8 or cnp.dtype(dtype).kind != "f" or cnp.dtype(dtype).itemsize not in (4, 8):
+        raise ValueError(f"internal: aligned_empty takes up to 8 dimensions of float32 or float64, got {shape} {dtype}")
+    for i in range(nd):
+        dims[i] = shape[i]
+    return _aligned_empty(nd, dims, typenum)
 
 
 cdef class Bound:

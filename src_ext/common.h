@@ -555,8 +555,8 @@ static RF_INLINE void SFX(step_gemm)(int nr, int m, int NV, const REAL *const *A
  * too (step_gemm): measured 2026-11-24 (float32, batch 1, T = 100, I = H, one thread, in-process ABBA, same
  * bits) RNN H = 128 -18%, LSTM H = 64 -17%, GRU H = 128 -7%, H = 64 -4 to -6%. Except a step whose single row
  * sums its own k block first (row1_begin, sp->walk_up): its walk stays up, since the block it starts on is
- * not the one the step before ended on (LSTM H = 256 on 2 threads, two chunks a thread, was 2% slower
- * walking down). The order changes no bit (each group's sums are its own). */
+ * not the one the step before ended on (measured 2026-11-24, when LSTM H = 256 on 2 threads still summed its
+ * own block first: 2% slower walking down). The order changes no bit (each group's sums are its own). */
 #define RF_STEP_TILES(sp, s, g_lo, g_hi, NV, g_cur, m, r0, nr)                                           \
     for (rf_index rv_ = ((s) & 1) && !(sp)->walk_up,                                                     \
                   cs_ = (sp)->r_hi - (sp)->r_lo == 1 ? RF_ROW1_MAXG : 1, gk_ = 0,                        \
