@@ -290,57 +290,77 @@ def _threads(B, G, H, K, forward_dtype=None):
     return max(1, min(n, (B * G * H * K) // per))
 
 
-# A batch-1 inference forward whose step work (G*H*K multiply-adds) lies in this band runs on one or two
-# threads by what its own recent calls measured (one thread against the rule's count, or two when the rule
-# says one), not by the rule above alone: there a second thread gains or loses by how long a cache line
-# takes between the two cores, and that changes while a process runs. On this machine (2 vCPUs) a round
-# trip of one line measured ~105-115 ns for minutes and ~500-540 ns for minutes after, and with it
-# (2026-11-24, float32, T = 100, I = H, in-process, interleaved) two threads against one went from 0.75 to
-# 1.33x at LSTM H = 64, from 0.72 to 0.96x at LSTM H = 128 and from 0.95 to 1.87x at GRU H = 64. The choice
-# changes no bit: a batch-1 step's sums do not depend on the thread count (row1_k1).
+# A batch-1 inference forward whose step work (G*H*K multiply-adds) lies in this band runs the way its own
+# recent calls measured fastest, not by the rule above alone: one thread, or two with the input projection
+# in the barrier's shadow, or two with it up front (common.h, xwq_init). There a second thread gains or
+# loses by how long a cache line takes between the two cores, and that changes while a process runs. On
+# this machine (2 vCPUs) a round trip of one line measured ~105-130 ns for minutes and ~500-550 ns for
+# minutes after, and with it (2026-11-24, float32, T = 100, I = H, in-process, interleaved) two threads
+# against one went from 0.75 to 1.33x at LSTM H = 64, from 0.72 to 0.96x at LSTM H = 128 and from 0.95 to
+# 1.87x at GRU H = 64. The shadow turns with it: projecting while waiting for the other thread pays where
+# the wait is long, and where it is short the 4-row tiles cost more than projecting every row up front in
+# large blocks. Two threads with the projection up front against the shadow, measured 2026-11-25 (float32,
+# T = 100, I = H, in-process ABBA): at ~120 ns LSTM H = 64 -11%, H = 96 -5%, H = 128 -1%, GRU H = 96 -6%,
+# H = 128 -7%, RNN H = 128 -3.5%, but GRU H = 64 +2% and RNN H = 256 +3.5%; at ~500 ns GRU and LSTM
+# H = 128 +13%. No choice changes a bit: a batch-1 step's sums do not depend on the thread count (row1_k1),
+# and an element of x @ w_ih^T is the same chain over k in any tile.
 _TUNE_MIN_WORK = 8192
 _TUNE_MAX_WORK = 98304
 # The calls of a shape: the first _TUNE_WARM run as the rule says and are not counted (they fault in their
-# workspaces), then each thread count runs until it has _TUNE_KEEP timings; from then on the count with the
-# lower median of its last _TUNE_KEEP timings runs, and every _TUNE_PROBE-th call the other one, so that a
-# change of the machine's state is seen within a few probes (at most ~1/_TUNE_PROBE of the calls run on the
-# slower count).
+# workspaces), then each way runs until it has _TUNE_KEEP timings; from then on the way with the lowest
+# median of its last _TUNE_KEEP timings runs, and every _TUNE_PROBE-th call one of the others, in turn, so
+# that a change of the machine's state is seen within a few probes (at most ~1/_TUNE_PROBE of the calls
+# run a slower way).
 _TUNE_WARM = 2
 _TUNE_KEEP = 3
-_TUNE_PROBE = 128
-_TUNE_FILL = _TUNE_WARM + 2 * _TUNE_KEEP
+_TUNE_PROBE = 64
 
 
 class _Tune:
-    __slots__ = ("calls", "best", "other", "times", "timing", "n")
+    """The ways (threads, shadow) a shape's calls may run, ways[0] the rule's, and their recent timings."""
+    __slots__ = ("calls", "ways", "best", "times", "timing", "n", "way")
 
-    def __init__(self, rule, other, n):
+    def __init__(self, ways, n):
         self.calls = 0
-        self.best, self.other, self.n = rule, other, n
-        self.times = {rule: [], other: []}
+        self.ways, self.n = ways, n
+        self.best = self.way = 0
+        self.times = [[] for _ in ways]
         self.timing = False
 
-    def choose(self):
-        # cheap on purpose (a batch-1 call in the band takes ~40-200 us): only the fill, the probes and the
-        # calls just before each probe (the current count's fresh timings) are timed
-        c = self.calls = self.calls + 1
-        if c <= _TUNE_FILL:
-            self.timing = c > _TUNE_WARM
-            return self.best if c <= _TUNE_WARM + _TUNE_KEEP else self.other
-        phase = c % _TUNE_PROBE
-        self.timing = phase == 0 or phase > _TUNE_PROBE - _TUNE_KEEP
-        return self.other if phase == 0 else self.best
+    @property
+    def fill(self):
+        return _TUNE_WARM + len(self.ways) * _TUNE_KEEP
 
-    def record(self, nt, seconds):
-        kept = self.times[nt]
+    def choose(self):
+        # cheap on purpose (a batch-1 call in the band takes ~30-200 us): only the fill, the probes and the
+        # calls just before each probe (the current way's fresh timings) are timed
+        c = self.calls = self.calls + 1
+        if c <= self.fill:
+            self.timing = c > _TUNE_WARM
+            self.way = 0 if c <= _TUNE_WARM else (c - _TUNE_WARM - 1) // _TUNE_KEEP
+        else:
+            phase = c % _TUNE_PROBE
+            self.timing = phase == 0 or phase > _TUNE_PROBE - _TUNE_KEEP
+            if phase == 0:
+                others = [i for i in range(len(self.ways)) if i != self.best]
+                self.way = others[(c // _TUNE_PROBE) % len(others)]
+            else:
+                self.way = self.best
+        return self.ways[self.way]
+
+    def record(self, seconds):
+        kept = self.times[self.way]
         kept.append(seconds)
         if len(kept) > _TUNE_KEEP:
             del kept[0]
         c = self.calls
-        if c == _TUNE_FILL or (c > _TUNE_FILL and c % _TUNE_PROBE == 0):
-            best, other = self.best, self.other
-            if sorted(self.times[other])[_TUNE_KEEP // 2] < sorted(self.times[best])[_TUNE_KEEP // 2]:
-                self.best, self.other = other, best
+
+        def median(i):
+            return sorted(self.times[i])[len(self.times[i]) // 2]
+        if c == self.fill:
+            self.best = min(range(len(self.ways)), key=median)  # ties: the first, the rule's
+        elif c > self.fill and c % _TUNE_PROBE == 0 and median(self.way) < median(self.best):
+            self.best = self.way
 
 
 # A training forward stores the saves of its steps past the caches (non-temporal stores, LSTM and GRU
@@ -569,9 +589,10 @@ class _Kept:
 
 
 def _thread_choice(kept, T, B, I, H, K, G, dtype, fuse_x, xw_steps):
-    """(threads, helper, tune) of a forward: the rule's count (_threads), or for a kept inference plan (kept)
-    in the band of batch-1 step work the count its own timings favour (tune, to be told the call's time when
-    tune.timing); helper: the steps stay on one thread and a second one projects (_HELPER_MIN_WORK)."""
+    """(threads, helper, shadow, tune) of a forward: the rule's count (_threads), or for a kept inference plan
+    (kept) in the band of batch-1 step work the way its own timings favour (tune, to be told the call's time
+    when tune.timing); helper: the steps stay on one thread and a second one projects (_HELPER_MIN_WORK);
+    shadow: two threads may project in the barrier's shadow (common.h, xwq_init), or else up front."""
     n = min(get_num_threads(), _cpus())
     rule = (n, _MIN_STEP_WORK_PER_THREAD)
     if kept is not None and kept.rule == rule:
@@ -580,16 +601,21 @@ def _thread_choice(kept, T, B, I, H, K, G, dtype, fuse_x, xw_steps):
         nt = _threads(B, G, H, K, forward_dtype=dtype)
         if kept is not None:
             kept.rule, kept.nt = rule, nt
-    tune = None
+    tune, shadow = None, True
     if kept is not None and B == 1 and _TUNE_MIN_WORK <= G * H * K <= _TUNE_MAX_WORK and n >= 2:
         tune = kept.tune
         if tune is None or tune.n != n:
-            # one thread against the rule's count, or against two when the rule says one
-            tune = kept.tune = _Tune(nt, 1 if nt > 1 else 2, n)
-        nt = tune.choose()
+            # the rule's way, then one thread against two (or two against one), then two threads projecting up
+            # front; that last differs from the shadow only where the whole projection is one chunk (and where
+            # the kernel's condition on the panels' size holds), else the two run alike
+            ways = [(nt, True), (1, True) if nt > 1 else (2, True)]
+            if xw_steps == T:
+                ways.append((2, False))
+            tune = kept.tune = _Tune(ways, n)
+        nt, shadow = tune.choose()
     helper = (nt == 1 and B == 1 and not fuse_x and xw_steps == T and T * I * G * H >= _HELPER_MIN_WORK
               and n >= 2)
-    return nt, helper, tune
+    return nt, helper, shadow, tune
 
 
 def _kept_call(plan, cell, dtype, T, B, I, H, G, x, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, mode):
@@ -598,19 +624,19 @@ def _kept_call(plan, cell, dtype, T, B, I, H, G, x, h0, c0, w_ih, w_hh, b_ih, b_
     outputs), run as any other call."""
     xw_steps, ub, ub2, uih, fuse_x, _, _, kept = plan
     call = kept.prepared.bind(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    nt, helper, tune = _thread_choice(kept, T, B, I, H, H, G, dtype, fuse_x, xw_steps)
-    _timed_run(tune, nt, cell, False, dtype, call, T, B, I, H, H, G, reverse, mode, False, False,
+    nt, helper, shadow, tune = _thread_choice(kept, T, B, I, H, H, G, dtype, fuse_x, xw_steps)
+    _timed_run(tune, cell, False, dtype, call, T, B, I, H, H, G, reverse, mode, False, False,
                2 if helper else nt, ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
-               split=_split(cell, B, H, H, False, False), fuse_x=fuse_x, xw_helper=helper)
+               split=_split(cell, B, H, H, False, False), fuse_x=fuse_x, xw_helper=helper, shadow=shadow)
     return call.y, call.h_n, call.c_n, None
 
 
-def _timed_run(tune, nt, *args, **kwargs):
+def _timed_run(tune, *args, **kwargs):
     """_kernels.run(*args, **kwargs), its time told to tune when it asks for it (tune.timing)."""
     started = _clock() if tune is not None and tune.timing else None
     _kernels.run(*args, **kwargs)
     if started is not None:
-        tune.record(nt, _clock() - started)
+        tune.record(_clock() - started)
 
 
 # An inference call's plan (its workspaces, panel layout and pack specs, _make_plan) is kept per thread for
@@ -732,12 +758,12 @@ def _forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, lengths, rev
             if _may_be_users(x, user[0]):
                 # backward's private copy of x (see _private), made by the kernel's threads on their way in
                 a["x_copy"] = x_copy = _pooled(x.shape, dtype, owners)
-        nt, helper, tune = _thread_choice(kept if key is not None else None, T, B, I, H, K, G, dtype, fuse_x,
-                                          xw_steps)
-        _timed_run(tune, nt, cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
+        nt, helper, shadow, tune = _thread_choice(kept if key is not None else None, T, B, I, H, K, G, dtype,
+                                                  fuse_x, xw_steps)
+        _timed_run(tune, cell, False, dtype, a, T, B, I, H, K, G, reverse, mode, training, proj,
                    2 if helper else nt, ub=ub, ub2=ub2, uih=uih, xw_steps=xw_steps,
                    split=_split(cell, B, H, K, training, False), hp_shared=hp_shared, fuse_x=fuse_x,
-                   xw_helper=helper, saves_keep=_SAVES_KEEP_BYTES)
+                   xw_helper=helper, saves_keep=_SAVES_KEEP_BYTES, shadow=shadow)
         if sizes is not None and key is not None and kept.prepared is None and _plan_get(key) is plan:
             # a plain call of a kept plan: the next ones of its shapes take _kept_call
             kept.prepared = _kernels.Prepared(cell, dtype, a, tuple(name for name, _ in pack_specs), T, B, I, H,

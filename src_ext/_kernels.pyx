@@ -32,6 +32,7 @@ cdef extern from "kernels.h" nogil:
         rf_index xw_steps
         int fuse_x
         int xw_helper
+        int no_shadow
         rf_index saves_keep
         const void *bias
         const void *b_hn
@@ -340,7 +341,7 @@ cdef void _wind_up(const real *hlast, real *h_n, const real *cbuf, real *c_n, rf
 
 
 cdef int _set_call(rf_ctx *c, bint backward, bint reverse, int n_threads, int split, bint xw_helper,
-                   rf_index saves_keep) except -1:
+                   rf_index saves_keep, bint shadow) except -1:
     """What one call sets besides its shapes, layout and operands (c's sizes, fuse_x and xw_steps set),
     checked."""
     if split not in (0, 1, 2):
@@ -348,6 +349,7 @@ cdef int _set_call(rf_ctx *c, bint backward, bint reverse, int n_threads, int sp
     if xw_helper and (backward or c.fuse_x or c.B != 1 or n_threads != 2 or c.xw_steps < c.T or c.T >= 2**31):
         raise ValueError("internal: xw_helper is for a forward of batch 1 on 2 threads, projected in one chunk")
     c.reverse = reverse; c.n_threads = n_threads; c.split = split; c.xw_helper = xw_helper
+    c.no_shadow = not shadow  # only where the shadow would run at all (common.h, xwq_init) does it matter
     c.saves_keep = saves_keep  # < 0: every save stored as usual
     return 0
 
@@ -356,7 +358,7 @@ cdef int _fill(rf_ctx *c, void **ptr, str cell, bint backward, int typenum, dict
                rf_index I, rf_index H, rf_index K, int G, bint reverse, int mode, bint training, bint proj,
                int n_threads, int ub, int ub2, int uq, int uq2, int uih, int uihq, int uxp, int uhp, int ump,
                rf_index xw_steps, int split, rf_index xp_ld, rf_index hp_ld, rf_index mp_ld, bint hp_shared,
-               bint fuse_x, bint xw_helper, rf_index saves_keep) except -1:
+               bint fuse_x, bint xw_helper, rf_index saves_keep, bint shadow) except -1:
     """c and ptr (the operands by field id) from run()'s arguments, every one checked."""
     cdef rf_index need[NF]
     cdef rf_index V = rf_lanes_f32() if typenum == cnp.NPY_FLOAT32 else rf_lanes_f64()
@@ -377,7 +379,7 @@ cdef int _fill(rf_ctx *c, void **ptr, str cell, bint backward, int typenum, dict
     if fuse_x and (backward or (cell == "gru" and mode != 1) or uih != ub or B < 2):
         raise ValueError("internal: fuse_x is for a forward of LSTM, RNN or GRU reset_after, B >= 2, uih == ub")
     c.fuse_x = fuse_x
-    _set_call(c, backward, reverse, n_threads, split, xw_helper, saves_keep)
+    _set_call(c, backward, reverse, n_threads, split, xw_helper, saves_keep, shadow)
     # every array the loops index must hold at least the elements they touch (sizes are 64-bit)
     _needs(need, T, B, I, H, K, G, V, xw_steps)
     if backward and cell == "gru" and mode == 1:
@@ -481,11 +483,11 @@ def run(str cell, bint backward, object dtype, a, rf_index T, rf_index B, rf_ind
         rf_index K, int G, bint reverse, int mode, bint training, bint proj, int n_threads,
         int ub=1, int ub2=1, int uq=1, int uq2=1, int uih=1, int uihq=1, int uxp=1, int uhp=1, int ump=1,
         rf_index xw_steps=0, int split=0, rf_index xp_ld=0, rf_index hp_ld=0, rf_index mp_ld=0,
-        bint hp_shared=False, bint fuse_x=False, bint xw_helper=False, rf_index saves_keep=-1):
+        bint hp_shared=False, bint fuse_x=False, bint xw_helper=False, rf_index saves_keep=-1, bint shadow=True):
     """Run one time loop. `a` maps operand names (_FIELDS: the rf_ctx pointer fields, b_ih / b_hh, h0 / c0 /
     h_n / c_n) to arrays (or None), plus "packs"; every array must already have its documented shape
     (rnnfast/ops.py guarantees it). Or `a` is a Bound call of a Prepared plan (an inference forward), whose
-    layout arguments must be the plan's; reverse, n_threads, split, xw_helper are this call's."""
+    layout arguments must be the plan's; reverse, n_threads, split, xw_helper, shadow are this call's."""
     cdef rf_ctx c
     cdef void *ptr[NF]
     cdef int typenum = cnp.NPY_FLOAT32 if cnp.dtype(dtype).itemsize == 4 else cnp.NPY_FLOAT64
@@ -502,7 +504,7 @@ def run(str cell, bint backward, object dtype, a, rf_index T, rf_index B, rf_ind
                 or B != c.B or I != c.n_in or H != c.H or K != c.K or G != c.G or mode != c.mode or ub != c.ub
                 or ub2 != c.ub2 or uih != c.uih or (xw_steps or T) != c.xw_steps or fuse_x != c.fuse_x):
             raise ValueError("internal: a Bound call's arguments differ from its plan's")
-        _set_call(&c, False, reverse, n_threads, split, xw_helper, saves_keep)
+        _set_call(&c, False, reverse, n_threads, split, xw_helper, saves_keep, shadow)
         b_ih = bd.b_ih; b_hh = bd.b_hh
         bd.done = True
     else:
@@ -510,7 +512,7 @@ def run(str cell, bint backward, object dtype, a, rf_index T, rf_index B, rf_ind
             raise TypeError(f"internal: a must be a dict or a Bound call, got {type(a).__name__}")
         _fill(&c, ptr, cell, backward, typenum, <dict>a, T, B, I, H, K, G, reverse, mode, training, proj,
               n_threads, ub, ub2, uq, uq2, uih, uihq, uxp, uhp, ump, xw_steps, split, xp_ld, hp_ld, mp_ld,
-              hp_shared, fuse_x, xw_helper, saves_keep)
+              hp_shared, fuse_x, xw_helper, saves_keep, shadow)
         b_ih = ptr[F_B_IH]; b_hh = ptr[F_B_HH]
     cdef loop_fn fn = _loop(cell, backward, f32)
     with nogil:
@@ -585,7 +587,7 @@ cdef class Prepared:
                 or any(r not in ("w_ih", "w_hh") for r in roles)):
             raise ValueError("internal: a Prepared plan is for a forward without lengths, projection or peepholes")
         _fill(&self.c, ptr, cell, False, self.typenum, a, T, B, I, H, H, G, False, mode, False, False, 1, ub, ub2,
-              1, 1, uih, 1, 1, 1, 1, xw_steps, 0, 0, 0, 0, False, fuse_x, False, -1)
+              1, 1, uih, 1, 1, 1, 1, xw_steps, 0, 0, 0, 0, False, fuse_x, False, -1, True)
         for i in range(self.c.n_packs):
             src = a["packs"][i][0]
             self.role[i] = 0 if roles[i] == "w_ih" else 1

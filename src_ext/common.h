@@ -842,7 +842,10 @@ static RF_INLINE void SFX(project_chunk)(const rf_ctx *c, rf_split *sp, rf_index
  * other thread arrives delays the next step by its whole length, and at batch 1 a step is short. Measured
  * 2026-11-24 (2 threads, float32, batch 1, T = 100, in-process ABBA of 4 rows against RF_RMAX, same bits):
  * GRU H = 64 -10.6%, -9% (5 rows), H = 96 -2.4%, H = 128 -2.2%, H = 256 -1.5%; LSTM H = 64 -3.1%, H = 128
- * -0.4%, H = 256 -0.4%; RNN H = 128 -4.2%, H = 256 +1.1%. 2 and 3 rows were 9-17% slower (LSTM, GRU H = 128). */
+ * -0.4%, H = 256 -0.4%; RNN H = 128 -4.2%, H = 256 +1.1%. 2 and 3 rows were 9-17% slower (LSTM, GRU H = 128).
+ * Where the wait is short (the cores reach each other's caches fast), projecting every row up front in large
+ * blocks is faster than the shadow, and where it is long slower: a batch-1 call in ops.py's tuning band asks
+ * for either by its own timings (no_shadow; ops.py, _Tune). */
 #define RF_SHADOW_ROWS 4
 typedef struct {
     rf_index next, end, g, g_lo, g_hi; /* rows < next done for every group; group g next for the block */
@@ -851,7 +854,8 @@ typedef struct {
 
 static RF_INLINE void SFX(xwq_init)(const rf_ctx *c, const rf_split *sp, int own, SFX(xwq) *q) {
     q->on = 0;
-    if (!own || c->fuse_x || c->ub != c->uih || sp->batch || sp->nt < 2 || c->xw_steps < c->T) return;
+    if (!own || c->no_shadow || c->fuse_x || c->ub != c->uih || sp->batch || sp->nt < 2 || c->xw_steps < c->T)
+        return;
     /* the same decision in every thread (project_chunk has a barrier that the shadow has not) */
     const rf_index ngrp = RF_NGRP(c->H, c->uih), NV = c->G * c->uih, most = (ngrp + sp->nt - 1) / sp->nt;
     if (most * c->n_in * NV * V * (rf_index)sizeof(REAL) > RF_L2_KEEPS_BYTES) return;

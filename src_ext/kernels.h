@@ -61,6 +61,8 @@ typedef struct {
                                the shapes only */
     int xw_helper;          /* forward, batch 1, 2 threads: the second thread only projects (all of xw, in
                                order) while the first runs every step alone (common.h, fwd_begin) */
+    int no_shadow;          /* forward, hidden split: the projection up front (project_chunk), never in the
+                               barrier's shadow (xwq_init); ops.py chooses it by timings at batch 1 */
     rf_index saves_keep;    /* training forward: the bytes of saves (the last ones) stored as usual; those
                                before them go past the caches (rf_saves_nt) */
     const void *bias;       /* (G*H,) b_ih + b_hh folded (GRU reset_after: n part is b_in only), or NULL */

@@ -127,10 +127,11 @@ def test_batch1_thread_count_changes_no_bit(rng, monkeypatch, case, dtype, H):
         rnnfast.set_num_threads(1)
 
 
-# A batch-1 inference forward in the band of step work (ops._TUNE_MIN_WORK.._TUNE_MAX_WORK) runs on the
-# thread count its own timings favour: here a fake clock makes each call take 1 s on one thread and 2 s on
-# two (or the reverse), so after the fill the favoured count runs, the other only every _TUNE_PROBE-th call,
-# and a change of the timings moves the choice at the next probes. Every call gives the same bits.
+# A batch-1 inference forward in the band of step work (ops._TUNE_MIN_WORK.._TUNE_MAX_WORK) runs the way its
+# own timings favour: one thread, two projecting in the barrier's shadow, or two projecting up front. Here a
+# fake clock makes each way take its own time, so after the fill the favoured way runs, the others in turn
+# only every _TUNE_PROBE-th call, and a change of the timings moves the choice at the next probes. Every
+# call gives the same bits (each way runs at least _TUNE_KEEP times in the fill).
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES)
 def test_batch1_thread_choice_by_timings(rng, monkeypatch, case, dtype):
@@ -142,13 +143,14 @@ def test_batch1_thread_choice_by_timings(rng, monkeypatch, case, dtype):
     rnnfast.set_num_threads(1)
     expected, _ = forward(ops, cell, a, kw)
     rnnfast.set_num_threads(2)
-    now, cost, used = [0.0], {1: 1.0, 2: 2.0}, []
+    ONE, SHADOW, UP = (1, True), (2, True), (2, False)
+    now, cost, used = [0.0], {ONE: 1.0, SHADOW: 2.0, UP: 4.0}, []
     kernel_run = ops._kernels.run
 
     def timed_run(*args, **kwargs):
-        steps_threads = 1 if kwargs.get("xw_helper") else args[14]
-        used.append(steps_threads)
-        now[0] += cost[steps_threads]
+        way = ONE if kwargs.get("xw_helper") or args[14] == 1 else (2, kwargs.get("shadow", True))
+        used.append(way)
+        now[0] += cost[way]
         return kernel_run(*args, **kwargs)
 
     monkeypatch.setattr(ops._kernels, "run", timed_run)
@@ -156,7 +158,8 @@ def test_batch1_thread_choice_by_timings(rng, monkeypatch, case, dtype):
     # a fresh plan, whose choice starts from the rule; the plans kept before come back afterwards, so that no
     # later test meets a choice made on this fake clock
     monkeypatch.setattr(ops._scratch_tls, "plans", None, raising=False)
-    P, fill = ops._TUNE_PROBE, ops._TUNE_FILL
+    P, K, W = ops._TUNE_PROBE, ops._TUNE_KEEP, ops._TUNE_WARM
+    fill = W + 3 * K
 
     def calls(n):
         del used[:]
@@ -167,12 +170,19 @@ def test_batch1_thread_choice_by_timings(rng, monkeypatch, case, dtype):
         return list(used)
 
     first = calls(fill)
-    assert sorted(set(first)) == [1, 2], first  # both counts timed in the fill
-    later = calls(2 * P)
-    assert [i for i, n in enumerate(later, fill + 1) if n == 2] == [P, 2 * P], later  # probes only
-    cost[1], cost[2] = 3.0, 2.0  # one thread is now the slower: from the next probe on two threads run
-    later = calls(3 * P)
-    assert [i for i, n in enumerate(later, fill + 2 * P + 1) if n == 1 and i > 3 * P] == [4 * P, 5 * P], later
+    assert sorted(set(first[W:])) == sorted([ONE, SHADOW, UP]), first  # every way timed in the fill
+    assert all(first[W + i * K:W + (i + 1) * K].count(first[W + i * K]) == K for i in range(3)), first
+    later = calls(4 * P)
+    probes = {i: w for i, w in enumerate(later, fill + 1) if w != ONE}
+    assert sorted(probes) == [P, 2 * P, 3 * P, 4 * P], later  # probes only, the other two in turn
+    assert sorted(set(probes.values())) == [UP, SHADOW] and probes[P] != probes[2 * P], probes
+    # one thread is now the slowest: the others' kept timings win at their next probes, first UP's or
+    # SHADOW's, whichever comes, and then SHADOW's (by 7P whatever the order of the ways)
+    cost[ONE] = 5.0
+    later = calls(6 * P)
+    tail = [(c, w) for c, w in enumerate(later, fill + 4 * P + 1) if c > 7 * P]
+    assert [c for c, w in tail if w != SHADOW] == [8 * P, 9 * P, 10 * P], tail
+    assert {w for c, w in tail if w != SHADOW} == {ONE, UP}, tail
 
 
 # The weight gradients read x, hprev and m (the projection's or reset-before's) where they are when their
