@@ -94,16 +94,27 @@ __attribute__((noinline)) static void dot16(const float *W, int K, const float *
     *(vec *)out = __builtin_shuffle(a[0], a[1], lo1) + __builtin_shuffle(a[0], a[1], hi1);
 }
 
+/* as the kernel's (common.h): unpacks within the 128-bit lanes, then a 4 x 4 transpose of the lanes */
 static void transpose(vec r[V]) {
-    static const ivec iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    for (int d = V / 2; d >= 1; d /= 2) {
-        const ivec hi = (iota & d) != 0, m1 = iota + (hi & (V - d)), m2 = iota + ((hi & V) | (~hi & d));
-        for (int i = 0; i < V; i++) {
-            if (i & d) continue;
-            const vec a = r[i], b = r[i + d];
-            r[i] = __builtin_shuffle(a, b, m1);
-            r[i + d] = __builtin_shuffle(a, b, m2);
-        }
+    const ivec ulo = {0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29};
+    const ivec uhi = {2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31};
+    const ivec dlo = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    const ivec dhi = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    const ivec q1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const ivec q2 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    const ivec q3 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const ivec q4 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+    static const int col[4] = {0, 2, 1, 3};
+    vec u[V], t[V];
+    for (int i = 0; i < V; i += 2) u[i] = __builtin_shuffle(r[i], r[i + 1], ulo), u[i + 1] = __builtin_shuffle(r[i], r[i + 1], uhi);
+    for (int i = 0; i < V; i += 4)
+        for (int j = 0; j < 2; j++)
+            t[i + j] = __builtin_shuffle(u[i + j], u[i + j + 2], dlo), t[i + j + 2] = __builtin_shuffle(u[i + j], u[i + j + 2], dhi);
+    for (int b = 0; b < 4; b++) {
+        const vec w1 = __builtin_shuffle(t[b], t[4 + b], q1), w2 = __builtin_shuffle(t[b], t[4 + b], q2);
+        const vec w3 = __builtin_shuffle(t[8 + b], t[12 + b], q1), w4 = __builtin_shuffle(t[8 + b], t[12 + b], q2);
+        r[col[b]] = __builtin_shuffle(w1, w3, q3), r[4 + col[b]] = __builtin_shuffle(w1, w3, q4);
+        r[8 + col[b]] = __builtin_shuffle(w2, w4, q3), r[12 + col[b]] = __builtin_shuffle(w2, w4, q4);
     }
 }
 

@@ -290,7 +290,6 @@ const char *rf_simd_path(void) {
 #define REAL float
 #define V 16
 #define RF_IS_FLOAT 1
-#define RF_IOTA {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
 #define SFX(name) name##_f32
 #include "common.h"
 #include "rnn.h"
@@ -303,13 +302,11 @@ int rf_lanes_f32(void) { return V; }
 #undef SFX
 #undef VEC
 #undef IVEC
-#undef RF_IOTA
 
 /* ---- float64 ---- */
 #define REAL double
 #define V 8
 #define RF_IS_FLOAT 0
-#define RF_IOTA {0, 1, 2, 3, 4, 5, 6, 7}
 #define SFX(name) name##_f64
 #include "common.h"
 #include "rnn.h"
