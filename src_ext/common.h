@@ -945,8 +945,11 @@ RF_CLONES __attribute__((noinline, visibility("hidden"))) void SFX(xw_helper)(co
     SFX(pack_spec)(wih, 0, RF_NGRP(wih->N, wih->ub));
     const rf_index n = c->T * c->B;
     const SFX(rowmap) map = {c, 0, 0, c->B};
-    for (rf_index r = 0; r < n; r += RF_HELPER_ROWS) {
-        const rf_index hi = n - r < RF_HELPER_ROWS ? n : r + RF_HELPER_ROWS;
+    /* the first blocks 1, 2 and 4 rows: the steps' thread waits for the first row only as long as it takes.
+     * Measured 2026-11-25 (float32, T = 100, I = H, one thread's steps, in-process ABBA against 8 rows from
+     * the start): GRU H = 128 -1.9%, LSTM H = 128 -1%, RNN H = 64 -1.2%, H = 256 -1.7%. */
+    for (rf_index r = 0, rb = 1; r < n; r += rb, rb = rb < RF_HELPER_ROWS ? 2 * rb : RF_HELPER_ROWS) {
+        const rf_index hi = n - r < rb ? n : r + rb;
         SFX(project_rows)(c, &map, r, hi, 0, RF_NGRP(c->H, c->uih), hi - r);
         __atomic_store_n(&sp->barrier->progress->epoch, (unsigned)hi, __ATOMIC_RELEASE);
     }
