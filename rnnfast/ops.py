@@ -605,12 +605,14 @@ def _thread_choice(kept, T, B, I, H, K, G, dtype, fuse_x, xw_steps):
     if kept is not None and B == 1 and _TUNE_MIN_WORK <= G * H * K <= _TUNE_MAX_WORK and n >= 2:
         tune = kept.tune
         if tune is None or tune.n != n:
-            # the rule's way, then one thread against two (or two against one), then two threads projecting up
-            # front; that last differs from the shadow only where the whole projection is one chunk (and where
-            # the kernel's condition on the panels' size holds), else the two run alike
-            ways = [(nt, True), (1, True) if nt > 1 else (2, True)]
+            # the rule's way, then one thread against the rule's count (or two when the rule says one), then
+            # that many threads projecting up front; that last differs from the shadow only where the whole
+            # projection is one chunk (and where the kernel's condition on the panels' size holds), else the
+            # two run alike
+            multi = nt if nt > 1 else 2
+            ways = [(nt, True), (1, True) if nt > 1 else (multi, True)]
             if xw_steps == T:
-                ways.append((2, False))
+                ways.append((multi, False))
             tune = kept.tune = _Tune(ways, n)
         nt, shadow = tune.choose()
     helper = (nt == 1 and B == 1 and not fuse_x and xw_steps == T and T * I * G * H >= _HELPER_MIN_WORK
